@@ -1,0 +1,248 @@
+"""Loading devices and systems from YAML into the typed model, with validation.
+
+A catalog is a directory: one YAML per device, and ``systems/`` with one YAML
+per machine. A system names devices from its catalog or gives a path to a
+device file (relative to the system file).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from testbed.errors import ConfigError
+from testbed.model import (
+    Device,
+    DeviceKind,
+    Emulation,
+    FrequencyLatency,
+    Link,
+    MemoryNode,
+    System,
+    derived_distances,
+)
+from testbed.units import parse_bandwidth, parse_latency, parse_rate, parse_size
+from testbed.yamlfields import Fields, choice, load_yaml, whole
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CATALOG = REPO_ROOT / "devices"
+# The guest onlines memory in 128 MiB blocks; CXL windows are 256 MiB granular.
+MEMORY_BLOCK = 128 * 2**20
+CXL_GRANULE = 256 * 2**20
+MIN_BOOT_NODE = 512 * 2**20
+DEFAULT_CROSS_SOCKET = Link(latency_ns=70.0, bandwidth=40e9)
+
+
+def default_catalog() -> Catalog:
+    return Catalog(Path(os.environ.get("LLAMAS_CATALOG", DEFAULT_CATALOG)))
+
+
+@dataclass(frozen=True)
+class Catalog:
+    root: Path
+
+    @property
+    def systems_dir(self) -> Path:
+        return self.root / "systems"
+
+    def device_files(self) -> list[Path]:
+        return sorted(self.root.glob("*.yaml"))
+
+    def system_files(self) -> list[Path]:
+        return sorted(self.systems_dir.glob("*.yaml"))
+
+    def devices(self) -> dict[str, Device]:
+        devices: dict[str, Device] = {}
+        for path in self.device_files():
+            device = load_device(path)
+            if device.name in devices:
+                raise ConfigError(path, "name", f"device {device.name!r} is also defined in "
+                                  f"{devices[device.name].source}")
+            devices[device.name] = device
+        return devices
+
+    def system_path(self, name_or_path: str) -> Path:
+        """A system named in the catalog, or a path to a system file."""
+        path = Path(name_or_path)
+        if path.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+            return path
+        candidate = self.systems_dir / f"{name_or_path}.yaml"
+        if not candidate.exists():
+            known = ", ".join(p.stem for p in self.system_files())
+            raise ConfigError(self.systems_dir, "", f"no system named {name_or_path!r} (known: {known})")
+        return candidate
+
+    def load_system(self, name_or_path: str) -> System:
+        path = self.system_path(name_or_path)
+        return parse_system(load_yaml(path), path, self)
+
+    def systems(self) -> list[System]:
+        return [self.load_system(str(path)) for path in self.system_files()]
+
+    def resolve_device(self, reference: str, system_file: Path) -> Device | None:
+        if reference.endswith((".yaml", ".yml")):
+            path = (system_file.parent / reference).resolve()
+            return load_device(path) if path.exists() else None
+        return self.devices().get(reference)
+
+
+def load_device(path: Path) -> Device:
+    return parse_device(load_yaml(path), path)
+
+
+def parse_device(data: object, path: Path) -> Device:
+    fields = Fields(data, path)
+    device = Device(
+        name=fields.text("name"),
+        kind=fields.get("kind", choice(DeviceKind)),
+        read_latency_ns=fields.get("read_latency", _positive(parse_latency)),
+        write_latency_ns=fields.get("write_latency", _positive(parse_latency)),
+        read_bandwidth=fields.get("read_bandwidth", _positive(parse_bandwidth)),
+        write_bandwidth=fields.get("write_bandwidth", _positive(parse_bandwidth)),
+        emulation=fields.get("emulation", choice(Emulation)),
+        description=fields.text("description"),
+        latency_model=_latency_model(fields) if fields.has("latency_model") else None,
+        source=path,
+    )
+    fields.raw("latency_model", None)
+    fields.done()
+    return device
+
+
+def _latency_model(fields: Fields) -> FrequencyLatency:
+    model = fields.sub("latency_model")
+    model.get("type", choice(_LatencyModelType))
+    result = FrequencyLatency(
+        hot_latency_ns=model.get("hot_latency", _positive(parse_latency)),
+        cold_latency_ns=model.get("cold_latency", _positive(parse_latency)),
+        hot_rate=model.get("hot_rate", _positive(parse_rate)),
+    )
+    model.done()
+    if result.hot_latency_ns > result.cold_latency_ns:
+        raise model.error("hot_latency", "must not exceed cold_latency (hot data is the fast case)")
+    return result
+
+
+class _LatencyModelType(StrEnum):
+    ACCESS_FREQUENCY = "access-frequency"
+
+
+def parse_system(data: object, path: Path, catalog: Catalog) -> System:
+    fields = Fields(data, path)
+    name = fields.text("name")
+    description = fields.text("description")
+    sockets = [_socket_cpus(value, path, where) for _, value, where in fields.items("sockets")]
+    if not sockets:
+        raise fields.error("sockets", "needs at least one socket")
+    nodes = _nodes(fields, catalog, sockets)
+    cross_socket = _link(fields.sub("cross_socket")) if fields.has("cross_socket") else DEFAULT_CROSS_SOCKET
+    fields.raw("cross_socket", None)
+    distances = (_distances(fields, len(nodes)) if fields.has("distances")
+                 else derived_distances(nodes, cross_socket))
+    fields.done()
+    return System(name=name, description=description, nodes=nodes, cross_socket=cross_socket,
+                  distances=distances, source=path)
+
+
+def _socket_cpus(value: object, path: Path, where: str) -> int:
+    socket = Fields(value, path, where)
+    cpus = socket.get("cpus", whole(1))
+    socket.done()
+    return cpus
+
+
+def _nodes(fields: Fields, catalog: Catalog, sockets: list[int]) -> tuple[MemoryNode, ...]:
+    nodes: list[MemoryNode] = []
+    next_cpu = 0
+    for index, value, where in fields.items("nodes"):
+        node_fields = Fields(value, fields.path, where)
+        reference = node_fields.text("device")
+        device = catalog.resolve_device(reference, fields.path)
+        if device is None:
+            known = ", ".join(sorted(catalog.devices()))
+            raise node_fields.error("device", f"unknown device {reference!r} (known: {known})")
+        size = node_fields.get("size", parse_size)
+        socket = node_fields.get("socket", whole(0), 0)
+        node_fields.done()
+        if socket >= len(sockets):
+            raise node_fields.error("socket", f"socket {socket} does not exist (this system has "
+                                    f"{len(sockets)}: 0-{len(sockets) - 1})")
+        _check_size(node_fields, device, size)
+        owns_cpus = all(node.socket != socket for node in nodes)
+        cpus: tuple[int, ...] = ()
+        if owns_cpus:
+            _check_cpu_node(node_fields, device, size, socket)
+            cpus = tuple(range(next_cpu, next_cpu + sockets[socket]))
+            next_cpu += sockets[socket]
+        nodes.append(MemoryNode(id=index, device=device, size=size, socket=socket, cpus=cpus))
+    _check_nodes(fields, nodes, len(sockets))
+    return tuple(nodes)
+
+
+def _check_size(fields: Fields, device: Device, size: int) -> None:
+    granule = CXL_GRANULE if device.emulation is Emulation.CXL_TYPE3 else MEMORY_BLOCK
+    if size <= 0 or size % granule:
+        raise fields.error("size", f"a {device.emulation} node must be a positive multiple of "
+                           f"{granule // 2**20}MiB (the guest onlines memory in such blocks), got {size} bytes")
+
+
+def _check_cpu_node(fields: Fields, device: Device, size: int, socket: int) -> None:
+    """The first node of each socket holds that socket's CPUs and boots the guest."""
+    if device.emulation is not Emulation.NUMA_NODE:
+        raise fields.error("device", f"the first node of socket {socket} holds its CPUs, so it must be a "
+                           f"numa-node device, not {device.emulation}")
+    if size < MIN_BOOT_NODE:
+        raise fields.error("size", f"the first node of socket {socket} holds its CPUs and kernel memory: "
+                           f"needs at least {MIN_BOOT_NODE // 2**20}MiB, got {size // 2**20}MiB")
+
+
+def _check_nodes(fields: Fields, nodes: list[MemoryNode], socket_count: int) -> None:
+    if not nodes:
+        raise fields.error("nodes", "needs at least one memory node")
+    for socket in range(socket_count):
+        if all(node.socket != socket for node in nodes):
+            raise fields.error("sockets", f"socket {socket} has no memory node to hold its CPUs")
+    seen_cxl = False
+    for node in nodes:
+        # The guest numbers CXL windows after the firmware's (SRAT) nodes.
+        if node.emulation is Emulation.CXL_TYPE3:
+            seen_cxl = True
+        elif seen_cxl:
+            raise fields.error(f"nodes[{node.id}]", "cxl-type3 nodes must come after all other nodes "
+                               "(the guest kernel numbers CXL memory after the firmware's nodes)")
+
+
+def _link(fields: Fields) -> Link:
+    link = Link(latency_ns=fields.get("latency", parse_latency),
+                bandwidth=fields.get("bandwidth", _positive(parse_bandwidth)))
+    fields.done()
+    return link
+
+
+def _distances(fields: Fields, count: int) -> tuple[tuple[int, ...], ...]:
+    rows = []
+    for index, row, _ in fields.items("distances"):
+        if not isinstance(row, list) or len(row) != count:
+            raise fields.error(f"distances[{index}]", f"expected a list of {count} distances, got {row!r}")
+        for column, value in enumerate(row):
+            valid = range(10, 11) if column == index else range(11, 255)
+            if isinstance(value, bool) or value not in valid:
+                rule = "10 (a node's distance to itself)" if column == index else "a whole number from 11 to 254"
+                raise fields.error(f"distances[{index}][{column}]", f"expected {rule}, got {value!r}")
+        rows.append(tuple(row))
+    if len(rows) != count:
+        raise fields.error("distances", f"expected {count} rows (one per node), got {len(rows)}")
+    return tuple(rows)
+
+
+def _positive(parse: Callable[[object], float]) -> Callable[[object], float]:
+    def check(value: object) -> float:
+        number = parse(value)
+        if number <= 0:
+            raise ValueError(f"expected a value above zero, got {value!r}")
+        return float(number)
+
+    return check

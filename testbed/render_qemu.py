@@ -1,0 +1,152 @@
+"""A system as a QEMU command line (pure functions; golden-file tested).
+
+The machine part (CPUs, NUMA nodes, HMAT, CXL, NVDIMM) depends only on the
+system and the accelerator; the VM part adds the files and ports of one VM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.hmat import hmat_entries, hmat_targets
+from testbed.model import Emulation, MemoryNode, System
+
+QEMU_BINARY = "qemu-system-x86_64"
+MIB = 2**20
+CXL_FIRST_BUS = 12  # bus numbers for pxb-cxl host bridges; 10 apart leaves room for ports
+
+
+@dataclass(frozen=True)
+class VmFiles:
+    """Where one VM keeps its runtime files."""
+
+    directory: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / "disk.qcow2"
+
+    @property
+    def console(self) -> Path:
+        return self.directory / "console.log"
+
+    @property
+    def qmp(self) -> Path:
+        return self.directory / "qmp.sock"
+
+    def nvdimm(self, node: MemoryNode) -> Path:
+        return self.directory / f"nvdimm{node.id}.img"
+
+
+@dataclass(frozen=True)
+class GuestBoot:
+    kernel: Path
+    initrd: Path
+    cmdline: str
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    system: System
+    accel: str  # "kvm" or "tcg"
+    files: VmFiles
+    boot: GuestBoot | None = None  # None: no guest, e.g. to check the machine starts
+    ssh_port: int | None = None
+    incoming: Path | None = None  # saved state to restore instead of booting
+
+
+def qemu_argv(vm: VmConfig) -> list[str]:
+    argv = [QEMU_BINARY, "-name", vm.system.name, "-nodefaults", "-no-user-config", "-display", "none",
+            "-no-reboot"]
+    argv += machine_args(vm.system, vm.accel, vm.files)
+    argv += ["-qmp", f"unix:{vm.files.qmp},server=on,wait=off", "-serial", f"file:{vm.files.console}"]
+    if vm.boot:
+        argv += ["-kernel", str(vm.boot.kernel), "-initrd", str(vm.boot.initrd), "-append", vm.boot.cmdline]
+        argv += ["-drive", f"file={vm.files.disk},if=none,id=disk0,format=qcow2,discard=unmap",
+                 "-device", "virtio-blk-pci,drive=disk0,id=vda,bus=pcie.0"]
+    if vm.ssh_port is not None:
+        argv += network_args(vm.ssh_port)
+    if vm.incoming:
+        argv += ["-incoming", f"file:{vm.incoming}"]
+    return argv
+
+
+def machine_args(system: System, accel: str, files: VmFiles) -> list[str]:
+    nvdimm = any(node.emulation is Emulation.NVDIMM for node in system.nodes)
+    argv = ["-machine", "q35,hmat=on" + (",nvdimm=on" if nvdimm else ""), "-accel", accel,
+            "-cpu", "max,-hypervisor"]
+    argv += _cpus(system) + _memory_size(system)
+    argv += _numa_nodes(system, files) + _distances(system) + _hmat(system)
+    return argv + cxl_args(system)
+
+
+def network_args(ssh_port: int) -> list[str]:
+    """User-mode networking; the guest's sshd is reachable on the host's loopback only."""
+    return ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+            "-device", "virtio-net-pci,netdev=net0,id=nic0,bus=pcie.0"]
+
+
+def cxl_args(system: System) -> list[str]:
+    """CXL type-3 devices: each gets a host bridge, a root port and a fixed memory window."""
+    nodes = [node for node in system.nodes if node.emulation is Emulation.CXL_TYPE3]
+    if not nodes:
+        return []
+    return ["-machine", "cxl=on"] + [arg for index, node in enumerate(nodes) for arg in _cxl_device(index, node)]
+
+
+def _cpus(system: System) -> list[str]:
+    sockets = len(system.sockets)
+    return ["-smp", f"cpus={system.cpu_count},sockets={sockets},cores={system.cpu_count // sockets},threads=1"]
+
+
+def _memory_size(system: System) -> list[str]:
+    ram = sum(node.size for node in system.nodes if node.emulation is Emulation.NUMA_NODE)
+    nvdimms = [node for node in system.nodes if node.emulation is Emulation.NVDIMM]
+    if not nvdimms:
+        return ["-m", f"{ram // MIB}M"]
+    maxmem = ram + sum(node.size for node in nvdimms)
+    return ["-m", f"{ram // MIB}M,slots={len(nvdimms)},maxmem={maxmem // MIB}M"]
+
+
+def _numa_nodes(system: System, files: VmFiles) -> list[str]:
+    argv: list[str] = []
+    for node in hmat_targets(system):
+        initiator = "" if node.cpus else f",initiator={system.initiator_of(node.socket).id}"
+        if node.emulation is Emulation.NUMA_NODE:
+            argv += ["-object", f"memory-backend-ram,id=mem{node.id},size={node.size // MIB}M",
+                     "-numa", f"node,nodeid={node.id},memdev=mem{node.id}{initiator}"]
+        else:  # NVDIMM: a memory-less node the guest fills when it onlines the NVDIMM
+            argv += ["-numa", f"node,nodeid={node.id}{initiator}",
+                     "-object", f"memory-backend-file,id=nvmem{node.id},share=on,"
+                                f"mem-path={files.nvdimm(node)},size={node.size // MIB}M",
+                     "-device", f"nvdimm,id=nvdimm{node.id},memdev=nvmem{node.id},node={node.id}"]
+    for node in system.initiators:
+        argv += ["-numa", f"cpu,node-id={node.id},socket-id={node.socket}"]
+    return argv
+
+
+def _distances(system: System) -> list[str]:
+    ids = [node.id for node in hmat_targets(system)]
+    return [arg for src in ids for dst in ids if src != dst
+            for arg in ("-numa", f"dist,src={src},dst={dst},val={system.distances[src][dst]}")]
+
+
+def _hmat(system: System) -> list[str]:
+    argv: list[str] = []
+    for entry in hmat_entries(system):
+        pair = f"hmat-lb,initiator={entry.initiator},target={entry.target},hierarchy=memory"
+        argv += ["-numa", f"{pair},data-type=read-latency,latency={entry.read_latency_ns}",
+                 "-numa", f"{pair},data-type=write-latency,latency={entry.write_latency_ns}",
+                 "-numa", f"{pair},data-type=read-bandwidth,bandwidth={entry.read_bandwidth_mib}M",
+                 "-numa", f"{pair},data-type=write-bandwidth,bandwidth={entry.write_bandwidth_mib}M"]
+    return argv
+
+
+def _cxl_device(index: int, node: MemoryNode) -> list[str]:
+    bridge, port = f"cxl.{index}", f"cxlrp{index}"
+    return ["-object", f"memory-backend-ram,id=cxlmem{node.id},size={node.size // MIB}M",
+            "-device", f"pxb-cxl,bus_nr={CXL_FIRST_BUS + 10 * index},bus=pcie.0,id={bridge}",
+            "-device", f"cxl-rp,port=0,bus={bridge},id={port},chassis=0,slot={index}",
+            "-device", f"cxl-type3,bus={port},volatile-memdev=cxlmem{node.id},id=cxl-memdev{node.id}",
+            "-machine", f"cxl-fmw.{index}.targets.0={bridge},cxl-fmw.{index}.size={node.size // MIB}M"]
