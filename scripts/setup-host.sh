@@ -6,7 +6,7 @@ set -euo pipefail
 # Virtualization and image tools: from bookworm-backports on Debian 12, native elsewhere.
 vm_packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev debootstrap e2fsprogs)
 # Build tools (libvirt-python, llama.cpp, workloads) and what the image builder calls.
-tool_packages=(pkg-config openssh-client python3-venv python3-dev gcc g++ make cmake zstd xz-utils cpio procps)
+tool_packages=(pkg-config openssh-client python3-venv python3-dev gcc g++ libc6-dev make cmake zstd xz-utils cpio procps)
 packages=("${vm_packages[@]}" "${tool_packages[@]}")
 
 . /etc/os-release

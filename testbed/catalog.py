@@ -15,6 +15,7 @@ from pathlib import Path
 
 from testbed.errors import ConfigError
 from testbed.model import (
+    MEMORY_BLOCK,
     Device,
     DeviceKind,
     Emulation,
@@ -29,8 +30,7 @@ from testbed.yamlfields import Fields, choice, load_yaml, whole
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOG = REPO_ROOT / "devices"
-# The guest onlines memory in 128 MiB blocks; CXL windows are 256 MiB granular.
-MEMORY_BLOCK = 128 * 2**20
+# CXL fixed memory windows are 256 MiB granular.
 CXL_GRANULE = 256 * 2**20
 MIN_BOOT_NODE = 512 * 2**20
 DEFAULT_CROSS_SOCKET = Link(latency_ns=70.0, bandwidth=40e9)
@@ -137,6 +137,9 @@ def parse_system(data: object, path: Path, catalog: Catalog) -> System:
     sockets = [_socket_cpus(value, path, where) for _, value, where in fields.items("sockets")]
     if not sockets:
         raise fields.error("sockets", "needs at least one socket")
+    if len(set(sockets)) > 1:
+        raise fields.error("sockets", f"every socket needs the same number of cpus (QEMU's -smp topology), "
+                           f"got {sockets}")
     nodes = _nodes(fields, catalog, sockets)
     cross_socket = _link(fields.sub("cross_socket")) if fields.has("cross_socket") else DEFAULT_CROSS_SOCKET
     fields.raw("cross_socket", None)

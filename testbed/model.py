@@ -11,10 +11,11 @@ from enum import StrEnum
 from pathlib import Path
 
 PAGE_SIZE = 4096
-# Linux memory tiers (mm/memory-tiers.c): DRAM sits at abstract distance 512,
-# tiers are 128 wide and named by their start divided by 128.
+MEMORY_BLOCK = 128 * 2**20  # the guest onlines hotplugged memory in blocks of this size
+# Linux memory tiers (mm/memory-tiers.c): tiers are 128 wide and named by their
+# start divided by 128; DRAM sits in the middle of tier 4 (abstract distance 576).
 MEMTIER_CHUNK_SIZE = 128
-MEMTIER_ADISTANCE_DRAM = 4 * MEMTIER_CHUNK_SIZE
+MEMTIER_ADISTANCE_DRAM = 4 * MEMTIER_CHUNK_SIZE + MEMTIER_CHUNK_SIZE // 2
 LOCAL_DISTANCE = 10
 
 
@@ -87,6 +88,12 @@ class MemoryNode:
     @property
     def emulation(self) -> Emulation:
         return self.device.emulation
+
+    @property
+    def backing_size(self) -> int:
+        """Host memory behind the node. An NVDIMM gets one more block: its namespace info
+        block and alignment cost the guest one block, and the guest should see ``size``."""
+        return self.size + MEMORY_BLOCK if self.emulation is Emulation.NVDIMM else self.size
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,35 @@
 """A system as a libvirt domain (pure functions; golden-file tested).
 
 The topology is native libvirt XML: NUMA cells (CPU-less ones without
-``cpus``), distances, ``<interconnects>`` and NVDIMM ``<memory>`` devices.
-What libvirt cannot express — CXL type-3 devices and the user-mode network
-with a loopback port forward — goes through ``<qemu:commandline>``.
+``cpus``), distances and ``<interconnects>``. What libvirt 11.3 cannot
+express goes through ``<qemu:commandline>``: CXL type-3 devices, the
+user-mode network with a loopback port forward, and NVDIMM nodes — an NVDIMM
+needs a memory-less NUMA node, and libvirt renders a memory-less cell as a
+zero-sized RAM backend that QEMU rejects (so ``<memory model='nvdimm'>``,
+which must name a cell, cannot be used either).
 """
 
 from __future__ import annotations
 
+import uuid
 import xml.etree.ElementTree as ET
 
-from testbed.hmat import hmat_entries, hmat_targets
-from testbed.model import Emulation, System
-from testbed.render_qemu import MIB, VmConfig, cxl_args, network_args
+from testbed.errors import UserError
+from testbed.hmat import hmat_entries
+from testbed.model import Emulation, MemoryNode, System
+from testbed.render_qemu import MIB, VmConfig, cxl_args, distance_args, hmat_args, network_args, nvdimm_node_args
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NS)
 
 
-def domain_xml(vm: VmConfig, name: str) -> str:
+def domain_xml(vm: VmConfig, name: str, run_as: tuple[int, int] | None = None) -> str:
+    """The domain for ``vm``; ``run_as`` (uid, gid) makes QEMU run as that user, so it can read
+    the user's own image and VM files instead of libvirt relabelling them."""
     domain = ET.Element("domain", type="kvm" if vm.accel == "kvm" else "qemu")
     ET.SubElement(domain, "name").text = name
+    # Derived from the name: a restore must keep the saved domain's UUID.
+    ET.SubElement(domain, "uuid").text = str(uuid.uuid5(uuid.NAMESPACE_URL, f"llamas:{name}"))
     _memory(domain, vm.system)
     ET.SubElement(domain, "vcpu").text = str(vm.system.cpu_count)
     _os(domain, vm)
@@ -30,6 +39,9 @@ def domain_xml(vm: VmConfig, name: str) -> str:
     _cpu(domain, vm.system)
     ET.SubElement(domain, "on_reboot").text = "destroy"
     _devices(domain, vm)
+    if run_as is not None:
+        seclabel = ET.SubElement(domain, "seclabel", type="static", model="dac", relabel="no")
+        ET.SubElement(seclabel, "label").text = f"+{run_as[0]}:+{run_as[1]}"
     _qemu_commandline(domain, vm)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode") + "\n"
@@ -37,9 +49,9 @@ def domain_xml(vm: VmConfig, name: str) -> str:
 
 def _memory(domain: ET.Element, system: System) -> None:
     ram = sum(n.size for n in system.nodes if n.emulation is Emulation.NUMA_NODE) // MIB
-    nvdimms = [n for n in system.nodes if n.emulation is Emulation.NVDIMM]
+    nvdimms = _nvdimm_nodes(system)
     if nvdimms:
-        maxmem = ram + sum(n.size for n in nvdimms) // MIB
+        maxmem = ram + sum(n.backing_size for n in nvdimms) // MIB
         ET.SubElement(domain, "maxMemory", slots=str(len(nvdimms)), unit="MiB").text = str(maxmem)
     ET.SubElement(domain, "memory", unit="MiB").text = str(ram)
 
@@ -61,24 +73,38 @@ def _cpu(domain: ET.Element, system: System) -> None:
     # Without this the guest's CXL driver cannot create regions ("Failed to synchronize CPU cache state").
     ET.SubElement(cpu, "feature", policy="disable", name="hypervisor")
     numa = ET.SubElement(cpu, "numa")
-    targets = hmat_targets(system)
-    for node in targets:
-        attributes = {"id": str(node.id), "memory": str(node.size // MIB if node.emulation is Emulation.NUMA_NODE
-                                                        else 0), "unit": "MiB"}
+    cells = _cells(system)
+    for node in cells:
+        attributes = {"id": str(node.id), "memory": str(node.size // MIB), "unit": "MiB"}
         if node.cpus:
             attributes["cpus"] = f"{node.cpus[0]}-{node.cpus[-1]}"
         cell = ET.SubElement(numa, "cell", attributes)
         distances = ET.SubElement(cell, "distances")
-        for other in targets:
+        for other in cells:
             ET.SubElement(distances, "sibling", id=str(other.id), value=str(system.distances[node.id][other.id]))
-    _interconnects(numa, system)
+    _interconnects(numa, system, {node.id for node in cells})
 
 
-def _interconnects(numa: ET.Element, system: System) -> None:
+def _cells(system: System) -> list[MemoryNode]:
+    """Plain RAM nodes become cells; they must come first, since cell ids run 0..n-1."""
+    cells = [node for node in system.nodes if node.emulation is Emulation.NUMA_NODE]
+    if [node.id for node in cells] != list(range(len(cells))):
+        raise UserError(f"{system.source}: the libvirt backend needs the plain RAM (numa-node) nodes listed "
+                        "before NVDIMM and CXL type-3 nodes")
+    return cells
+
+
+def _nvdimm_nodes(system: System) -> list[MemoryNode]:
+    return [node for node in system.nodes if node.emulation is Emulation.NVDIMM]
+
+
+def _interconnects(numa: ET.Element, system: System, cells: set[int]) -> None:
     """HMAT; libvirt treats a pair as one link, so only one direction of each is written."""
     links = ET.SubElement(numa, "interconnects")
     written: set[frozenset[int]] = set()
     for entry in hmat_entries(system):
+        if entry.target not in cells:
+            continue
         pair = frozenset((entry.initiator, entry.target))
         if pair in written:
             continue
@@ -98,13 +124,6 @@ def _devices(domain: ET.Element, vm: VmConfig) -> None:
         ET.SubElement(disk, "driver", name="qemu", type="qcow2", discard="unmap")
         ET.SubElement(disk, "source", file=str(vm.files.disk))
         ET.SubElement(disk, "target", dev="vda", bus="virtio")
-    for node in vm.system.nodes:
-        if node.emulation is Emulation.NVDIMM:
-            memory = ET.SubElement(devices, "memory", model="nvdimm", access="shared")
-            ET.SubElement(ET.SubElement(memory, "source"), "path").text = str(vm.files.nvdimm(node))
-            target = ET.SubElement(memory, "target")
-            ET.SubElement(target, "size", unit="MiB").text = str(node.size // MIB)
-            ET.SubElement(target, "node").text = str(node.id)
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=str(vm.files.console))
     ET.SubElement(serial, "target", port="0")
@@ -112,7 +131,7 @@ def _devices(domain: ET.Element, vm: VmConfig) -> None:
 
 
 def _qemu_commandline(domain: ET.Element, vm: VmConfig) -> None:
-    args = cxl_args(vm.system)
+    args = _nvdimm_args(vm) + cxl_args(vm.system)
     if vm.ssh_port is not None:
         args += network_args(vm.ssh_port)
     if not args:
@@ -120,3 +139,17 @@ def _qemu_commandline(domain: ET.Element, vm: VmConfig) -> None:
     commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
     for arg in args:
         ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
+
+
+def _nvdimm_args(vm: VmConfig) -> list[str]:
+    """NVDIMM nodes with their distances and HMAT entries, after libvirt's own cells."""
+    system = vm.system
+    nvdimms = _nvdimm_nodes(system)
+    if not nvdimms:
+        return []
+    ids = {node.id for node in nvdimms}
+    described = [node.id for node in system.nodes if node.emulation is not Emulation.CXL_TYPE3]
+    pairs = [(a, b) for a in described for b in described if a != b and (a in ids or b in ids)]
+    args = ["-machine", "nvdimm=on"] + [arg for node in nvdimms for arg in nvdimm_node_args(system, node, vm.files)]
+    args += distance_args(system, pairs)
+    return args + hmat_args(entry for entry in hmat_entries(system) if entry.target in ids)

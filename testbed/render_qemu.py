@@ -6,15 +6,19 @@ system and the accelerator; the VM part adds the files and ports of one VM.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.hmat import hmat_entries, hmat_targets
+from testbed.hmat import HmatEntry, hmat_entries, hmat_targets
 from testbed.model import Emulation, MemoryNode, System
 
 QEMU_BINARY = "qemu-system-x86_64"
 MIB = 2**20
 CXL_FIRST_BUS = 12  # bus numbers for pxb-cxl host bridges; 10 apart leaves room for ports
+# Fixed PCI slots for the devices libvirt does not manage, clear of the low slots it fills itself.
+NIC_SLOT = 0x0A
+CXL_FIRST_SLOT = 0x0B
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def machine_args(system: System, accel: str, files: VmFiles) -> list[str]:
 def network_args(ssh_port: int) -> list[str]:
     """User-mode networking; the guest's sshd is reachable on the host's loopback only."""
     return ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
-            "-device", "virtio-net-pci,netdev=net0,id=nic0,bus=pcie.0"]
+            "-device", f"virtio-net-pci,netdev=net0,id=nic0,bus=pcie.0,addr={NIC_SLOT:#x}"]
 
 
 def cxl_args(system: System) -> list[str]:
@@ -105,36 +109,54 @@ def _memory_size(system: System) -> list[str]:
     nvdimms = [node for node in system.nodes if node.emulation is Emulation.NVDIMM]
     if not nvdimms:
         return ["-m", f"{ram // MIB}M"]
-    maxmem = ram + sum(node.size for node in nvdimms)
+    maxmem = ram + sum(node.backing_size for node in nvdimms)
     return ["-m", f"{ram // MIB}M,slots={len(nvdimms)},maxmem={maxmem // MIB}M"]
 
 
 def _numa_nodes(system: System, files: VmFiles) -> list[str]:
     argv: list[str] = []
     for node in hmat_targets(system):
-        initiator = "" if node.cpus else f",initiator={system.initiator_of(node.socket).id}"
-        if node.emulation is Emulation.NUMA_NODE:
-            argv += ["-object", f"memory-backend-ram,id=mem{node.id},size={node.size // MIB}M",
-                     "-numa", f"node,nodeid={node.id},memdev=mem{node.id}{initiator}"]
-        else:  # NVDIMM: a memory-less node the guest fills when it onlines the NVDIMM
-            argv += ["-numa", f"node,nodeid={node.id}{initiator}",
-                     "-object", f"memory-backend-file,id=nvmem{node.id},share=on,"
-                                f"mem-path={files.nvdimm(node)},size={node.size // MIB}M",
-                     "-device", f"nvdimm,id=nvdimm{node.id},memdev=nvmem{node.id},node={node.id}"]
+        argv += _ram_node_args(system, node) if node.emulation is Emulation.NUMA_NODE else \
+            nvdimm_node_args(system, node, files)
     for node in system.initiators:
         argv += ["-numa", f"cpu,node-id={node.id},socket-id={node.socket}"]
     return argv
 
 
+def _initiator(system: System, node: MemoryNode) -> str:
+    return "" if node.cpus else f",initiator={system.initiator_of(node.socket).id}"
+
+
+def _ram_node_args(system: System, node: MemoryNode) -> list[str]:
+    return ["-object", f"memory-backend-ram,id=mem{node.id},size={node.size // MIB}M",
+            "-numa", f"node,nodeid={node.id},memdev=mem{node.id}{_initiator(system, node)}"]
+
+
+def nvdimm_node_args(system: System, node: MemoryNode, files: VmFiles) -> list[str]:
+    """A memory-less node that the guest fills when it onlines the NVDIMM placed on it."""
+    return ["-numa", f"node,nodeid={node.id}{_initiator(system, node)}",
+            "-object", f"memory-backend-file,id=nvmem{node.id},share=on,"
+                       f"mem-path={files.nvdimm(node)},size={node.backing_size // MIB}M",
+            "-device", f"nvdimm,id=nvdimm{node.id},memdev=nvmem{node.id},node={node.id}"]
+
+
 def _distances(system: System) -> list[str]:
     ids = [node.id for node in hmat_targets(system)]
-    return [arg for src in ids for dst in ids if src != dst
+    return distance_args(system, [(src, dst) for src in ids for dst in ids if src != dst])
+
+
+def distance_args(system: System, pairs: list[tuple[int, int]]) -> list[str]:
+    return [arg for src, dst in pairs
             for arg in ("-numa", f"dist,src={src},dst={dst},val={system.distances[src][dst]}")]
 
 
 def _hmat(system: System) -> list[str]:
+    return hmat_args(hmat_entries(system))
+
+
+def hmat_args(entries: Iterable[HmatEntry]) -> list[str]:
     argv: list[str] = []
-    for entry in hmat_entries(system):
+    for entry in entries:
         pair = f"hmat-lb,initiator={entry.initiator},target={entry.target},hierarchy=memory"
         argv += ["-numa", f"{pair},data-type=read-latency,latency={entry.read_latency_ns}",
                  "-numa", f"{pair},data-type=write-latency,latency={entry.write_latency_ns}",
@@ -146,7 +168,8 @@ def _hmat(system: System) -> list[str]:
 def _cxl_device(index: int, node: MemoryNode) -> list[str]:
     bridge, port = f"cxl.{index}", f"cxlrp{index}"
     return ["-object", f"memory-backend-ram,id=cxlmem{node.id},size={node.size // MIB}M",
-            "-device", f"pxb-cxl,bus_nr={CXL_FIRST_BUS + 10 * index},bus=pcie.0,id={bridge}",
+            "-device", f"pxb-cxl,bus_nr={CXL_FIRST_BUS + 10 * index},bus=pcie.0,addr={CXL_FIRST_SLOT + index:#x},"
+                       f"id={bridge}",
             "-device", f"cxl-rp,port=0,bus={bridge},id={port},chassis=0,slot={index}",
             "-device", f"cxl-type3,bus={port},volatile-memdev=cxlmem{node.id},id=cxl-memdev{node.id}",
             "-machine", f"cxl-fmw.{index}.targets.0={bridge},cxl-fmw.{index}.size={node.size // MIB}M"]
