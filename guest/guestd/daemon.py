@@ -1,0 +1,512 @@
+"""The request loop and one handler per operation; ``guest/PROTOCOL.md`` documents each."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import BinaryIO
+
+from . import PROTOCOL_VERSION
+from .damon import MAX_UINT, MAX_ULONG, Damon, Monitoring, Scheme, Watch
+from .kernel import Kernel, format_id_list, parse_id_list
+from .pages import AddressRange, RangeQuery, migrate, query_chunks
+from .process import PAGE_SIZE, Process, page_counts, unmapped_part
+from .protocol import (
+    MAX_LINE_BYTES,
+    Args,
+    GuestdError,
+    JsonObject,
+    Output,
+    Request,
+    RequestError,
+    from_os_error,
+    invalid,
+    parse_request,
+    reply_error,
+    reply_ok,
+)
+from .runs import Placement, Runs
+from .syscalls import Syscalls
+from .system import (
+    Tiering,
+    capabilities,
+    describe_nodes,
+    memory_nodes,
+    node_cpus,
+    node_free_bytes,
+    online_nodes,
+    read_vmstat,
+    require_memory_node,
+)
+from .tracefs import Region
+
+MAX_PID = 1 << 22  # PID_MAX_LIMIT on 64-bit
+MAX_NODE = 1023
+MAX_CPU = 8191
+MAX_ADDRESS = (1 << 64) - 1
+MAX_QUERY_PAGES = 1 << 22  # per observed range; a larger stride samples bigger ranges
+MAX_QUERY_CHUNKS = 1 << 16
+MAX_OBSERVED_REGIONS = 100_000
+DEFAULT_PAGEMAP_BUDGET = 1 << 18  # pagemap entries per observation (2 MiB read)
+SCHEME_ACTIONS = ("migrate_hot", "migrate_cold", "pageout", "lru_prio", "lru_deprio", "stat")  # paddr in 6.12
+MEMORY_POLICIES = ("interleave", "membind", "preferred")
+REGION_COLUMNS = ("id", "start", "end", "nr_accesses", "age")
+PAGE_COLUMNS = ("resident_pages", "written_pages")
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Args], JsonObject]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The regions an observation reported, so ``migrate`` can name them by id."""
+
+    number: int
+    regions: tuple[Region, ...]
+
+
+@dataclass(frozen=True)
+class DamosRun:
+    slot: int
+    schemes: list[Scheme]
+
+
+class Daemon:
+    def __init__(self, kernel: Kernel, syscalls: Syscalls, output: Output, kdamonds: int = 8) -> None:
+        self._kernel = kernel
+        self._syscalls = syscalls
+        self._output = output
+        self._damon = Damon(kernel, kdamonds, instance_prefix=f"guestd-{os.getpid()}")
+        self._tiering = Tiering(kernel)
+        self._runs = Runs(output, syscalls)
+        self._watches: dict[int, Watch] = {}
+        self._damos: dict[int, DamosRun] = {}
+        self._observations: dict[int, Observation] = {}
+        self._soft_dirty_since: dict[int, float] = {}
+        self._observation_count = 0
+        self._after_reply: list[Callable[[], None]] = []
+        self._handlers: dict[str, Handler] = {
+            "hello": self.hello, "nodes": self.nodes, "vmstat": self.vmstat,
+            "watch": self.watch, "unwatch": self.unwatch, "observe": self.observe,
+            "migrate": self.migrate, "place": self.place, "tiering": self.tiering,
+            "damos": self.damos, "damos_stats": self.damos_stats, "damos_stop": self.damos_stop,
+            "run": self.run, "kill": self.kill,
+        }
+
+    # The loop --------------------------------------------------------------------------------
+
+    def handle_line(self, line: bytes) -> None:
+        """Answer one request line; nothing a client sends escapes as an exception."""
+        try:
+            request = parse_request(line)
+        except RequestError as error:
+            self._output.send(reply_error(error.request_id, error))
+            return
+        self._output.send(self._answer(request))
+        actions, self._after_reply = self._after_reply, []
+        for action in actions:
+            action()
+
+    def reject(self, message: str) -> None:
+        """Answer a line that could not even be read as a request."""
+        self._output.send(reply_error(None, RequestError(None, message)))
+
+    def _answer(self, request: Request) -> JsonObject:
+        handler = self._handlers.get(request.op)
+        if handler is None:
+            known = ", ".join(sorted(self._handlers))
+            return reply_error(request.id, GuestdError("BAD_REQUEST", f"unknown op {request.op!r} (known: {known})"))
+        try:
+            return reply_ok(request.id, handler(request.args))
+        except GuestdError as error:
+            return reply_error(request.id, error)
+        except OSError as error:
+            return reply_error(request.id, from_os_error(error, request.op))
+        except Exception as error:  # the boundary: a bug must cost one request, not the daemon
+            log.exception("op %s failed", request.op)
+            return reply_error(request.id, GuestdError("INTERNAL", f"{request.op}: {type(error).__name__}: {error}"))
+
+    def close(self) -> None:
+        """Undo what this daemon started: kdamonds, trace instances, tiering changes, runs."""
+        cleanups: list[tuple[str, Callable[[], None]]] = [
+            *((f"unwatch pid {pid}", partial(self._damon.unwatch, watch)) for pid, watch in self._watches.items()),
+            *((f"stop damos {slot}", partial(self._damon.slots.stop, slot)) for slot in self._damos),
+            ("restore tiering", self._tiering.restore),
+            ("stop runs", self._runs.stop_all),
+        ]
+        self._watches.clear()
+        self._damos.clear()
+        for what, cleanup in cleanups:
+            try:
+                cleanup()
+            except (OSError, GuestdError) as error:
+                log.warning("on exit, could not %s: %s", what, error)
+
+    # Machine ---------------------------------------------------------------------------------
+
+    def hello(self, args: Args) -> JsonObject:
+        args.done()
+        release = self._kernel.value("proc/sys/kernel/osrelease")
+        return {"protocol": PROTOCOL_VERSION, "daemon_pid": os.getpid(), "kernel": release,
+                "time": time.monotonic(), "page_size": PAGE_SIZE,
+                "capabilities": capabilities(self._kernel, release), "ops": sorted(self._handlers)}
+
+    def nodes(self, args: Args) -> JsonObject:
+        args.done()
+        return {"time": time.monotonic(), "nodes": describe_nodes(self._kernel)}
+
+    def vmstat(self, args: Args) -> JsonObject:
+        everything = args.boolean("all", default=False)
+        args.done()
+        return {"time": time.monotonic(), "counters": read_vmstat(self._kernel, everything)}
+
+    def tiering(self, args: Args) -> JsonObject:
+        wanted = {"numa_balancing": args.integer("numa_balancing", 0, 3, default=None),
+                  "demotion_enabled": args.boolean("demotion_enabled", default=None)}
+        args.done()
+        return self._tiering.apply({name: value for name, value in wanted.items() if value is not None})
+
+    # DAMON -----------------------------------------------------------------------------------
+
+    def watch(self, args: Args) -> JsonObject:
+        pid = args.integer("pid", 1, MAX_PID)
+        monitoring = _monitoring(args)
+        args.done()
+        Process(self._kernel, pid)
+        self._forget_exited()
+        current = self._watches.get(pid)
+        if current is not None:
+            if current.monitoring == monitoring and self._damon.slots.running(current.slot):
+                return current.describe()
+            self._damon.unwatch(self._watches.pop(pid))
+        watch = self._damon.watch(pid, monitoring)
+        self._watches[pid] = watch
+        return watch.describe()
+
+    def _forget_exited(self) -> None:
+        """Drop what belongs to processes that are gone, so their kdamond slots can be reused."""
+        for pid in [pid for pid in self._watches if not self._kernel.exists(f"proc/{pid}")]:
+            self._damon.unwatch(self._watches.pop(pid))
+        for table in (self._observations, self._soft_dirty_since):
+            for pid in [pid for pid in table if pid not in self._watches and not self._kernel.exists(f"proc/{pid}")]:
+                del table[pid]
+
+    def unwatch(self, args: Args) -> JsonObject:
+        pid = args.integer("pid", 1, MAX_PID)
+        args.done()
+        watch = self._watches.pop(pid, None)
+        if watch is not None:
+            self._damon.unwatch(watch)
+        return {"pid": pid, "was_watched": watch is not None}
+
+    def damos(self, args: Args) -> JsonObject:
+        schemes = [self._scheme(sub) for sub in args.subs("schemes")]
+        nodes = args.integers("nodes", 0, MAX_NODE, default=None)
+        monitoring = _monitoring(args)
+        args.done()
+        if not schemes:
+            raise invalid("damos.schemes: give at least one scheme")
+        if nodes is None:
+            nodes = memory_nodes(self._kernel)
+        self._forget_exited()
+        slot, kdamond_pid = self._damon.start_schemes(schemes, nodes, monitoring)
+        self._damos[slot] = DamosRun(slot, schemes)
+        return {"id": slot, "kdamond_pid": kdamond_pid, "nodes": nodes,
+                "schemes": [scheme.describe() for scheme in schemes]}
+
+    def _scheme(self, args: Args) -> Scheme:
+        action = args.text("action")
+        if action not in SCHEME_ACTIONS:
+            raise args.error("action", f"expected one of {', '.join(SCHEME_ACTIONS)}, got {action!r}")
+        target = args.integer("target_node", 0, MAX_NODE, default=None)
+        if (target is None) == action.startswith("migrate_"):
+            raise args.error("target_node", "required for migrate_hot/migrate_cold and only for them")
+        if target is not None:
+            require_memory_node(self._kernel, target, "damos")
+        scheme = Scheme(
+            action, target,
+            size=_pair(args, "size", MAX_ULONG), nr_accesses=_pair(args, "nr_accesses", MAX_UINT),
+            age=_pair(args, "age", MAX_UINT),
+            quota_ms=args.integer("quota_ms", 0, MAX_UINT, default=0),
+            quota_bytes=args.integer("quota_bytes", 0, MAX_ULONG, default=0),
+            quota_reset_ms=args.integer("quota_reset_ms", 0, MAX_UINT, default=0),
+            apply_interval_us=args.integer("apply_interval_us", 0, MAX_UINT, default=0),
+        )
+        args.done()
+        return scheme
+
+    def damos_stats(self, args: Args) -> JsonObject:
+        damos = self._damos_run(args)
+        return self._damos_report(damos)
+
+    def damos_stop(self, args: Args) -> JsonObject:
+        damos = self._damos_run(args)
+        report = self._damos_report(damos)
+        self._damon.slots.stop(damos.slot)
+        del self._damos[damos.slot]
+        return {**report, "running": False}
+
+    def _damos_run(self, args: Args) -> DamosRun:
+        slot = args.integer("id", 0, MAX_UINT)
+        args.done()
+        if slot not in self._damos:
+            started = ", ".join(map(str, self._damos)) or "none"
+            raise GuestdError("ENOENT", f"no damos with id {slot} was started by this daemon (started: {started})")
+        return self._damos[slot]
+
+    def _damos_report(self, damos: DamosRun) -> JsonObject:
+        stats = self._damon.scheme_stats(damos.slot, len(damos.schemes))
+        return {"id": damos.slot, "running": self._damon.slots.running(damos.slot),
+                "schemes": [{**scheme.describe(), "stats": scheme_stats}
+                            for scheme, scheme_stats in zip(damos.schemes, stats, strict=True)]}
+
+    # Observing -------------------------------------------------------------------------------
+
+    def observe(self, args: Args) -> JsonObject:
+        pid = args.integer("pid", 1, MAX_PID)
+        max_regions = args.integer("max_regions", 0, MAX_OBSERVED_REGIONS, default=MAX_OBSERVED_REGIONS)
+        soft_dirty = args.boolean("soft_dirty", default=True)
+        budget = args.integer("pagemap_budget_pages", 512, 1 << 24, default=DEFAULT_PAGEMAP_BUDGET)
+        ranges = [_query_range(sub) for sub in args.subs("ranges")]
+        args.done()
+        began = time.perf_counter()
+        process = Process(self._kernel, pid)
+        user_s, system_s = process.cpu_seconds()
+        result: JsonObject = {
+            "pid": pid, "time": time.monotonic(), "cpu": {"user_s": user_s, "system_s": system_s},
+            "affinity": process.affinity(), "threads": len(process.threads()),
+            "resident_bytes": {str(node): size for node, size in sorted(process.resident_bytes().items())},
+        }
+        watch = self._watches.get(pid)
+        result["damon"] = None if watch is None else self._damon_regions(process, watch, max_regions, soft_dirty,
+                                                                          budget)
+        result["ranges"] = [self._range_pages(process, query, soft_dirty, budget) for query in ranges]
+        if soft_dirty:
+            result["soft_dirty_since"] = self._soft_dirty_since.get(pid)
+            process.clear_soft_dirty()
+            self._soft_dirty_since[pid] = time.monotonic()
+        result["cost_s"] = round(time.perf_counter() - began, 6)
+        return result
+
+    def _damon_regions(self, process: Process, watch: Watch, limit: int, soft_dirty: bool,
+                       budget: int) -> JsonObject:
+        snapshot = self._damon.snapshot(watch)
+        regions = snapshot.regions[:limit] if snapshot else ()
+        self._observation_count += 1
+        self._observations[process.pid] = Observation(self._observation_count, regions)
+        rows = [[index, region.start, region.end, region.nr_accesses, region.age]
+                for index, region in enumerate(regions)]
+        columns = list(REGION_COLUMNS)
+        if soft_dirty:
+            columns += PAGE_COLUMNS
+            counts = page_counts(process, [(region.start, region.end) for region in regions], budget)
+            for row, count in zip(rows, counts, strict=True):
+                row += [count.resident, count.written]
+        return {
+            "observation": self._observation_count, "source": watch.source,
+            "running": self._damon.slots.running(watch.slot), "time": snapshot.time if snapshot else None,
+            "total_regions": len(snapshot.regions) if snapshot else 0, "columns": columns, "regions": rows,
+        }
+
+    def _range_pages(self, process: Process, query: RangeQuery, soft_dirty: bool, budget: int) -> JsonObject:
+        chunks = query_chunks(self._syscalls, process.pid, query)
+        if soft_dirty:
+            for piece, count in zip(chunks, page_counts(process, query.chunk_spans(), budget), strict=True):
+                piece["written_pages"] = count.written
+        area = query.area
+        return {"start": area.start, "length": area.length, "chunk": query.chunk, "stride": query.stride,
+                "chunks": chunks}
+
+    # Acting ----------------------------------------------------------------------------------
+
+    def migrate(self, args: Args) -> JsonObject:
+        pid = args.integer("pid", 1, MAX_PID)
+        node = args.integer("node", 0, MAX_NODE)
+        budget = args.integer("budget_bytes", 1, MAX_ULONG)
+        ranges = [_address_range(sub) for sub in args.subs("ranges")]
+        region_ids = args.integers("regions", 0, MAX_OBSERVED_REGIONS, default=[])
+        observation = args.integer("observation", 1, MAX_ULONG, default=None)
+        args.done()
+        what = f"migrate pid {pid} to node {node}"
+        if not ranges and not region_ids:
+            raise invalid(f"{what}: give 'ranges' or 'regions' (ids from the last observe)")
+        process = Process(self._kernel, pid)
+        require_memory_node(self._kernel, node, what)
+        mappings = process.mappings()
+        for index, area in enumerate(ranges):
+            hole = unmapped_part(mappings, area.start, area.end)
+            if hole is not None:
+                raise GuestdError("EFAULT", f"{what}: ranges[{index}] {area.describe()} is not mapped at {hole:#x}")
+        areas = ranges + self._observed_regions(pid, region_ids, observation, what)
+        free = node_free_bytes(self._kernel, node)
+        if free < PAGE_SIZE:
+            raise GuestdError("ENOSPC", f"{what}: node {node} has {free} bytes free")
+        result = migrate(self._syscalls, pid, areas, node, min(budget, free) // PAGE_SIZE)
+        return {**result, "budget_clipped_to_free": free < budget}
+
+    def _observed_regions(self, pid: int, ids: list[int], observation: int | None, what: str) -> list[AddressRange]:
+        if not ids:
+            return []
+        last = self._observations.get(pid)
+        if last is None:
+            raise GuestdError("ENOENT", f"{what}: no observation of pid {pid} with DAMON regions yet; observe first")
+        if observation is not None and observation != last.number:
+            raise GuestdError("ESTALE", f"{what}: regions are from observation {observation}, "
+                                        f"but the last observation of pid {pid} is {last.number}")
+        unknown = [region for region in ids if region >= len(last.regions)]
+        if unknown:
+            raise invalid(f"{what}: region ids {unknown} not in observation {last.number} "
+                          f"(it has {len(last.regions)} regions)")
+        return [AddressRange(last.regions[i].start, last.regions[i].end - last.regions[i].start) for i in ids]
+
+    def place(self, args: Args) -> JsonObject:
+        pid = args.integer("pid", 1, MAX_PID)
+        cpus = args.integers("cpus", 0, MAX_CPU, default=None)
+        node = args.integer("node", 0, MAX_NODE, default=None)
+        args.done()
+        what = f"place pid {pid}"
+        if (cpus is None) == (node is None):
+            raise invalid(f"{what}: give exactly one of 'cpus' or 'node'")
+        if node is not None:
+            if node not in online_nodes(self._kernel):
+                raise GuestdError("ENODEV", f"{what}: node {node} is not online")
+            cpus = node_cpus(self._kernel, node)
+        wanted = sorted(set(cpus or []))
+        if not wanted:
+            raise invalid(f"{what}: node {node} has no CPUs" if node is not None else f"{what}: 'cpus' is empty")
+        online = set(parse_id_list(self._kernel.value("sys/devices/system/cpu/online")))
+        if not set(wanted) <= online:
+            raise invalid(f"{what}: cpus {wanted} are not all online (online: {format_id_list(online)})")
+        process = Process(self._kernel, pid)
+        previous = process.affinity()
+        placed = 0
+        for tid in process.threads():
+            try:
+                self._syscalls.set_affinity(tid, wanted)
+                placed += 1
+            except ProcessLookupError:
+                continue  # a thread that exited meanwhile
+        if not placed:
+            raise process.gone()
+        return {"pid": pid, "cpus": wanted, "threads": placed, "previous": previous}
+
+    def run(self, args: Args) -> JsonObject:
+        argv = args.texts("argv")
+        stdin = args.text("stdin", default=None, allow_empty=True)
+        cwd = args.text("cwd", default=None)
+        env = args.text_map("env", default={})
+        memory = args.sub("memory")
+        cpus = tuple(args.integers("cpus", 0, MAX_CPU, default=[]))
+        args.done()
+        if not argv:
+            raise invalid("run.argv: give the program and its arguments")
+        placement = Placement(_memory_option(memory) if memory else None, cpus)
+        run, start_streaming = self._runs.start(argv, stdin, cwd, env, placement)
+        self._after_reply.append(start_streaming)  # events must follow the reply that names the run
+        return {"run": run.id, "pid": run.process.pid, "argv": run.argv}
+
+    def kill(self, args: Args) -> JsonObject:
+        run_id = args.integer("run", 1, MAX_UINT)
+        name = args.text("signal", default="TERM")
+        args.done()
+        try:
+            signum = signal.Signals[f"SIG{name.upper().removeprefix('SIG')}"]
+        except KeyError:
+            raise invalid(f"kill.signal: {name!r} is not a signal name (such as TERM, KILL, INT)") from None
+        return self._runs.kill(run_id, signum)
+
+
+def _monitoring(args: Args) -> Monitoring:
+    defaults = Monitoring()
+    monitoring = Monitoring(
+        sample_us=args.integer("sample_us", 1, MAX_UINT, default=defaults.sample_us),
+        aggr_us=args.integer("aggr_us", 1, MAX_UINT, default=defaults.aggr_us),
+        update_us=args.integer("update_us", 1, MAX_UINT, default=defaults.update_us),
+        min_regions=args.integer("min_regions", 3, MAX_OBSERVED_REGIONS, default=defaults.min_regions),
+        max_regions=args.integer("max_regions", 3, MAX_OBSERVED_REGIONS, default=defaults.max_regions),
+    )
+    if monitoring.aggr_us < monitoring.sample_us:
+        raise args.error("aggr_us", f"must be at least sample_us ({monitoring.sample_us})")
+    if monitoring.max_regions < monitoring.min_regions:
+        raise args.error("max_regions", f"must be at least min_regions ({monitoring.min_regions})")
+    return monitoring
+
+
+def _pair(args: Args, key: str, maximum: int) -> tuple[int, int]:
+    values = args.integers(key, 0, maximum, default=[0, maximum])
+    if len(values) != 2 or values[0] > values[1]:
+        raise args.error(key, f"expected [min, max] with min <= max, got {values}")
+    return values[0], values[1]
+
+
+def _address_range(args: Args) -> AddressRange:
+    area = AddressRange(args.integer("start", 0, MAX_ADDRESS), args.integer("length", 1, MAX_ADDRESS))
+    args.done()
+    if area.end > MAX_ADDRESS:
+        raise args.error("length", f"range {area.describe()} runs past the end of the address space")
+    return area
+
+
+def _query_range(args: Args) -> RangeQuery:
+    start, length = args.integer("start", 0, MAX_ADDRESS), args.integer("length", 1, MAX_ADDRESS)
+    chunk = args.integer("chunk", PAGE_SIZE, MAX_ADDRESS, default=length)
+    stride = args.integer("stride", 1, MAX_QUERY_PAGES, default=1)
+    args.done()
+    area = AddressRange(start, length)
+    pages = length // (PAGE_SIZE * stride)
+    if area.end > MAX_ADDRESS or pages > MAX_QUERY_PAGES:
+        raise args.error("length", f"{area.describe()} at stride {stride} is {pages} pages, more than "
+                                   f"{MAX_QUERY_PAGES}; use a larger stride")
+    if length // chunk > MAX_QUERY_CHUNKS:
+        raise args.error("chunk", f"{area.describe()} in chunks of {chunk} bytes is more than {MAX_QUERY_CHUNKS}")
+    return RangeQuery(area, chunk, stride)
+
+
+def _memory_option(memory: Args) -> str:
+    given = [policy for policy in MEMORY_POLICIES if memory.has(policy)]
+    if len(given) != 1:
+        raise memory.error("|".join(MEMORY_POLICIES), "give exactly one memory policy")
+    policy = given[0]
+    if policy == "preferred":
+        nodes: list[int] | str = [memory.integer(policy, 0, MAX_NODE)]
+    else:
+        nodes = memory.ids_or_all(policy, MAX_NODE)
+    memory.done()
+    if not nodes:
+        raise memory.error(policy, "give at least one node, or \"all\"")
+    listed = nodes if isinstance(nodes, str) else ",".join(map(str, nodes))
+    return f"--{policy}={listed}"
+
+
+def serve(daemon: Daemon, requests: BinaryIO) -> None:
+    """Answer request lines until EOF; the caller closes the daemon."""
+    while True:
+        line = requests.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            _discard_rest_of_line(requests)
+            daemon.reject(f"request line longer than {MAX_LINE_BYTES} bytes; ignored")
+        else:
+            daemon.handle_line(line)
+
+
+def _discard_rest_of_line(requests: BinaryIO) -> None:
+    while True:
+        part = requests.readline(MAX_LINE_BYTES)
+        if not part or part.endswith(b"\n"):
+            return
+
+
+def install_exit_signals() -> None:
+    """SIGTERM and SIGHUP unwind the loop like EOF, so cleanup runs."""
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGHUP, leave)

@@ -1,0 +1,204 @@
+"""Machine-wide facts and knobs: NUMA nodes, memory tiers, HMAT, vmstat, tiering settings."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from .kernel import Kernel, parse_id_list
+from .protocol import GuestdError, JsonObject, invalid
+from .tracefs import DAMON_EVENT
+
+NODE_DIR = "sys/devices/system/node"
+TIERS_DIR = "sys/devices/virtual/memory_tiering"
+DAMON_ADMIN = "sys/kernel/mm/damon/admin"
+NUMA_BALANCING = "proc/sys/kernel/numa_balancing"
+DEMOTION_ENABLED = "sys/kernel/mm/numa/demotion_enabled"
+MAX_CONFIG_BYTES = 1 << 22  # /proc/config.gz is ~50 KB; procfs reports its size as 0
+TRACEFS_MOUNTS = ("sys/kernel/tracing", "sys/kernel/debug/tracing")
+
+# Counters a placement policy reads; prefixes cover the families whose members vary by kernel.
+VMSTAT_PREFIXES = ("pgmigrate_", "pgpromote_", "pgdemote_", "numa_", "thp_migration_", "pgsteal_", "pgscan_")
+VMSTAT_NAMES = frozenset({"pgfault", "pgmajfault", "pgactivate", "pgdeactivate", "nr_free_pages"})
+
+_MEMINFO_LINE = re.compile(r"^Node\s+\d+\s+(\w+):\s+(\d+)(?:\s+kB)?\s*$")
+_TIER_NAME = re.compile(r"^memory_tier(\d+)$")
+# HMAT access0 files: sysfs names to reply fields (latency in ns, bandwidth in MB/s).
+HMAT_FIELDS = {
+    "read_latency": "read_latency_ns",
+    "write_latency": "write_latency_ns",
+    "read_bandwidth": "read_bandwidth_mbps",
+    "write_bandwidth": "write_bandwidth_mbps",
+}
+
+
+def node_dir(node: int) -> str:
+    return f"{NODE_DIR}/node{node}"
+
+
+def online_nodes(kernel: Kernel) -> list[int]:
+    return parse_id_list(kernel.value(f"{NODE_DIR}/online"))
+
+
+def memory_nodes(kernel: Kernel) -> list[int]:
+    """Online nodes that hold memory (a CPU-only node cannot take pages)."""
+    path = f"{NODE_DIR}/has_memory"
+    return parse_id_list(kernel.value(path)) if kernel.exists(path) else online_nodes(kernel)
+
+
+def node_meminfo(kernel: Kernel, node: int) -> dict[str, int]:
+    """``nodeN/meminfo`` as field -> bytes (page counts such as HugePages_* stay counts)."""
+    fields: dict[str, int] = {}
+    for line in kernel.read(f"{node_dir(node)}/meminfo").splitlines():
+        match = _MEMINFO_LINE.match(line)
+        if match:
+            scale = 1024 if line.rstrip().endswith("kB") else 1
+            fields[match[1]] = int(match[2]) * scale
+    return fields
+
+
+def node_free_bytes(kernel: Kernel, node: int) -> int:
+    return node_meminfo(kernel, node).get("MemFree", 0)
+
+
+def require_memory_node(kernel: Kernel, node: int, what: str) -> None:
+    nodes = memory_nodes(kernel)
+    if node not in nodes:
+        listed = ", ".join(map(str, nodes))
+        raise GuestdError("ENODEV", f"{what}: node {node} is not an online node with memory (those are: {listed})")
+
+
+def node_cpus(kernel: Kernel, node: int) -> list[int]:
+    return parse_id_list(kernel.value(f"{node_dir(node)}/cpulist"))
+
+
+def node_tiers(kernel: Kernel) -> dict[int, int]:
+    """Node -> memory tier id, from ``memory_tierK/nodelist``; empty without memory tiering."""
+    if not kernel.exists(TIERS_DIR):
+        return {}
+    tiers: dict[int, int] = {}
+    for name in kernel.listdir(TIERS_DIR):
+        match = _TIER_NAME.match(name)
+        if match:
+            for node in parse_id_list(kernel.value(f"{TIERS_DIR}/{name}/nodelist")):
+                tiers[node] = int(match[1])
+    return tiers
+
+
+def node_hmat(kernel: Kernel, node: int) -> dict[str, int] | None:
+    """Latency and bandwidth from the node's nearest initiators, when firmware described them."""
+    directory = f"{node_dir(node)}/access0/initiators"
+    values = {
+        field: int(kernel.value(f"{directory}/{name}"))
+        for name, field in HMAT_FIELDS.items()
+        if kernel.exists(f"{directory}/{name}")
+    }
+    return values or None
+
+
+def describe_nodes(kernel: Kernel) -> list[JsonObject]:
+    online = online_nodes(kernel)
+    tiers = node_tiers(kernel)
+    described = []
+    for node in online:
+        meminfo = node_meminfo(kernel, node)
+        distances = [int(value) for value in kernel.value(f"{node_dir(node)}/distance").split()]
+        described.append({
+            "id": node,
+            "total_bytes": meminfo.get("MemTotal", 0),
+            "free_bytes": meminfo.get("MemFree", 0),
+            "cpus": node_cpus(kernel, node),
+            "tier": tiers.get(node),
+            "hmat": node_hmat(kernel, node),
+            # The distance file lists one value per online node, in id order.
+            "distances": dict(zip(map(str, online), distances, strict=False)),
+        })
+    return described
+
+
+def read_vmstat(kernel: Kernel, everything: bool) -> dict[str, int]:
+    counters = {}
+    for line in kernel.read("proc/vmstat").splitlines():
+        name, _, value = line.partition(" ")
+        if everything or name in VMSTAT_NAMES or name.startswith(VMSTAT_PREFIXES):
+            counters[name] = int(value)
+    return counters
+
+
+def tracefs_root(kernel: Kernel) -> str | None:
+    """Where tracefs is mounted, if it is and it can make instances."""
+    return next((mount for mount in TRACEFS_MOUNTS if kernel.exists(f"{mount}/instances")), None)
+
+
+def soft_dirty_supported(kernel: Kernel, release: str) -> bool | None:
+    """CONFIG_MEM_SOFT_DIRTY from the kernel's config (installed, or /proc/config.gz); None if neither exists."""
+    installed, built_in = f"boot/config-{release}", "proc/config.gz"
+    if kernel.exists(installed):
+        config = kernel.read(installed)
+    elif kernel.exists(built_in):
+        config = gzip.decompress(kernel.read_bytes(built_in, 0, MAX_CONFIG_BYTES)).decode(errors="replace")
+    else:
+        return None
+    return "CONFIG_MEM_SOFT_DIRTY=y" in config.splitlines()
+
+
+def capabilities(kernel: Kernel, release: str) -> JsonObject:
+    tracefs = tracefs_root(kernel)
+    return {
+        "damon_sysfs": kernel.exists(DAMON_ADMIN),
+        "tracefs": None if tracefs is None else f"/{tracefs}",
+        "damon_tracepoint": tracefs is not None and kernel.exists(f"{tracefs}/{DAMON_EVENT}"),
+        "soft_dirty": soft_dirty_supported(kernel, release),
+        "numactl": shutil.which("numactl") is not None,
+        "memory_tiers": kernel.exists(TIERS_DIR),
+    }
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A tiering setting: its file, and whether it holds true/false rather than a number."""
+
+    name: str
+    path: str
+    boolean: bool
+
+    def read(self, kernel: Kernel) -> Any:
+        text = kernel.value(self.path)
+        return text == "true" if self.boolean else int(text)
+
+    def write(self, kernel: Kernel, value: Any) -> None:
+        kernel.write(self.path, ("true" if value else "false") if self.boolean else str(value))
+
+
+KNOBS = (
+    Knob("numa_balancing", NUMA_BALANCING, boolean=False),
+    Knob("demotion_enabled", DEMOTION_ENABLED, boolean=True),
+)
+
+
+class Tiering:
+    """Reads and sets the kernel's own tiering; remembers first values so exit can restore them."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+        self._original: dict[str, Any] = {}
+
+    def apply(self, changes: dict[str, Any]) -> JsonObject:
+        previous = {knob.name: knob.read(self._kernel) for knob in KNOBS if self._kernel.exists(knob.path)}
+        for knob in KNOBS:
+            if knob.name not in changes:
+                continue
+            if knob.name not in previous:
+                raise invalid(f"tiering.{knob.name}: this kernel has no {knob.path}")
+            self._original.setdefault(knob.name, previous[knob.name])
+            knob.write(self._kernel, changes[knob.name])
+        current = {knob.name: knob.read(self._kernel) for knob in KNOBS if knob.name in previous}
+        return {"previous": previous, "current": current}
+
+    def restore(self) -> None:
+        for knob in KNOBS:
+            if knob.name in self._original:
+                knob.write(self._kernel, self._original.pop(knob.name))

@@ -1,0 +1,245 @@
+"""DAMON in guestd: tracepoint lines, kdamond slots, vaddr watches, the sysfs fallback, paddr DAMOS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from guestd_fake import FIRST_KDAMOND_PID, KDAMONDS, TRACEFS, FakeGuest, FakeProcess, aggregated_lines
+
+from guest.guestd.tracefs import Region, TraceTail, last_complete_aggregation
+
+PID = 4242
+HEAP = 0x10000000
+REGIONS = (Region(HEAP, HEAP + 0x4000, 5, 2), Region(HEAP + 0x4000, HEAP + 0x10000, 0, 9),
+           Region(HEAP + 0x10000, HEAP + 0x20000, 20, 1))
+CONTEXT = f"{KDAMONDS}/0/contexts/0"
+
+
+def test_the_last_complete_aggregation_is_found() -> None:
+    older = [Region(HEAP, HEAP + 0x20000, 1, 1)] * 1
+    text = aggregated_lines(older, 9000, 10.0) + aggregated_lines(REGIONS, 9000, 10.1)
+    snapshot = last_complete_aggregation(text.encode())
+    assert snapshot is not None
+    assert snapshot.regions == REGIONS
+    assert snapshot.time == pytest.approx(10.1)
+
+
+def test_an_aggregation_still_being_written_is_skipped() -> None:
+    partial = aggregated_lines(REGIONS, 9000, 10.2).splitlines(keepends=True)[:2]
+    text = aggregated_lines(REGIONS, 9000, 10.1) + "".join(partial)
+    snapshot = last_complete_aggregation(text.encode())
+    assert snapshot is not None
+    assert snapshot.time == pytest.approx(10.1)
+
+
+def test_an_aggregation_that_lost_lines_is_skipped() -> None:
+    damaged = aggregated_lines(REGIONS, 9000, 10.2).splitlines(keepends=True)
+    del damaged[1]
+    assert last_complete_aggregation("".join(damaged).encode()) is None
+
+
+def test_other_trace_lines_are_ignored() -> None:
+    text = "# tracer: nop\n" + aggregated_lines(REGIONS, 9000, 3.5) + "  <idle>-0 [000] 3.6: something: else\n"
+    snapshot = last_complete_aggregation(text.encode())
+    assert snapshot is not None and len(snapshot.regions) == 3
+
+
+def test_the_tail_keeps_whole_lines_within_its_capacity(tmp_path: Path) -> None:
+    pipe = tmp_path / "trace_pipe"
+    many = [Region(HEAP + i * 0x1000, HEAP + (i + 1) * 0x1000, i % 7, 1) for i in range(50)]
+    pipe.write_text(aggregated_lines(many, 9000, 1.0) * 20 + aggregated_lines(REGIONS, 9000, 2.0))
+    fd = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        tail = TraceTail(fd, max_regions=50)
+        snapshot = tail.snapshot()
+    finally:
+        os.close(fd)
+    assert snapshot is not None and snapshot.regions == REGIONS
+    assert len(tail._buffer) <= 2 * 50 * 160 + (1 << 16)
+    assert tail._buffer.startswith(b"       kdamond")  # cut at a line boundary
+
+
+@pytest.fixture
+def guest(tmp_path: Path) -> Iterator[FakeGuest]:
+    guest = FakeGuest(tmp_path, tried_regions=REGIONS)
+    guest.add_process(FakeProcess(PID, [(HEAP, HEAP + 0x20000)], {0: 20, 2: 12}))
+    yield guest
+    guest.daemon.close()
+
+
+def test_watch_configures_a_vaddr_kdamond_and_a_filtered_trace_instance(guest: FakeGuest, tmp_path: Path) -> None:
+    info = guest.result("watch", pid=PID, sample_us=1000, aggr_us=50_000, max_regions=500)
+    assert info == {"pid": PID, "kdamond": 0, "kdamond_pid": FIRST_KDAMOND_PID, "source": "tracefs",
+                    "sample_us": 1000, "aggr_us": 50_000, "min_regions": 10, "max_regions": 500}
+
+    def read(relative: str) -> str:
+        return (tmp_path / relative).read_text().strip()
+
+    assert read(f"{KDAMONDS}/nr_kdamonds") == "4"
+    assert read(f"{CONTEXT}/operations") == "vaddr"
+    assert read(f"{CONTEXT}/targets/0/pid_target") == str(PID)
+    assert read(f"{CONTEXT}/monitoring_attrs/intervals/aggr_us") == "50000"
+    assert read(f"{CONTEXT}/monitoring_attrs/nr_regions/max") == "500"
+    assert read(f"{CONTEXT}/schemes/nr_schemes") == "0"
+    assert read(f"{KDAMONDS}/0/state") == "on"
+    [instance] = os.listdir(tmp_path / f"{TRACEFS}/instances")
+    event = tmp_path / f"{TRACEFS}/instances/{instance}/events/damon/damon_aggregated"
+    assert (event / "filter").read_text() == f"common_pid == {FIRST_KDAMOND_PID}"
+    assert (event / "enable").read_text() == "1"
+    assert (tmp_path / f"{TRACEFS}/instances/{instance}/trace_clock").read_text() == "mono"
+
+
+def test_observe_returns_the_latest_aggregation_with_stable_ids(guest: FakeGuest, tmp_path: Path) -> None:
+    guest.result("watch", pid=PID)
+    [instance] = os.listdir(tmp_path / f"{TRACEFS}/instances")
+    pipe = tmp_path / f"{TRACEFS}/instances/{instance}/trace_pipe"
+    pipe.write_text(aggregated_lines(REGIONS[:1], FIRST_KDAMOND_PID, 5.0) +
+                    aggregated_lines(REGIONS, FIRST_KDAMOND_PID, 5.1))
+    damon = guest.result("observe", pid=PID, soft_dirty=False)["damon"]
+    assert damon["source"] == "tracefs"
+    assert damon["running"] is True
+    assert damon["time"] == pytest.approx(5.1)
+    assert damon["columns"] == ["id", "start", "end", "nr_accesses", "age"]
+    assert damon["regions"] == [[i, r.start, r.end, r.nr_accesses, r.age] for i, r in enumerate(REGIONS)]
+    again = guest.result("observe", pid=PID, soft_dirty=False)["damon"]
+    assert again["regions"] == damon["regions"]  # nothing new in the pipe: the same aggregation
+    assert again["observation"] == damon["observation"] + 1
+
+
+def test_observe_bounds_the_regions_it_reports(guest: FakeGuest, tmp_path: Path) -> None:
+    guest.result("watch", pid=PID)
+    [instance] = os.listdir(tmp_path / f"{TRACEFS}/instances")
+    (tmp_path / f"{TRACEFS}/instances/{instance}/trace_pipe").write_text(
+        aggregated_lines(REGIONS, FIRST_KDAMOND_PID, 1.0))
+    damon = guest.result("observe", pid=PID, soft_dirty=False, max_regions=2)["damon"]
+    assert damon["total_regions"] == 3
+    assert [row[0] for row in damon["regions"]] == [0, 1]
+
+
+def test_without_tracefs_regions_come_from_a_stat_scheme(guest: FakeGuest, tmp_path: Path) -> None:
+    shutil.rmtree(tmp_path / TRACEFS)
+    assert guest.result("watch", pid=PID)["source"] == "sysfs"
+    scheme = tmp_path / f"{CONTEXT}/schemes/0"
+    assert (scheme / "action").read_text() == "stat"
+    # DAMOS maxima default to 0 in the kernel: unless written, nothing would match.
+    assert (scheme / "access_pattern/sz/max").read_text() == str((1 << 64) - 1)
+    assert (scheme / "access_pattern/nr_accesses/max").read_text() == str((1 << 32) - 1)
+    assert (scheme / "access_pattern/age/max").read_text() == str((1 << 32) - 1)
+    damon = guest.result("observe", pid=PID, soft_dirty=False)["damon"]
+    assert damon["source"] == "sysfs"
+    assert [tuple(row[1:]) for row in damon["regions"]] == [(r.start, r.end, r.nr_accesses, r.age) for r in REGIONS]
+    assert ("0", "update_schemes_tried_regions") in guest.kernel.commands
+
+
+def test_watching_again_with_other_settings_restarts_and_same_settings_is_a_no_op(guest: FakeGuest) -> None:
+    first = guest.result("watch", pid=PID)
+    assert guest.result("watch", pid=PID) == first
+    second = guest.result("watch", pid=PID, aggr_us=200_000)
+    assert second["kdamond_pid"] != first["kdamond_pid"]
+    assert guest.kernel.running_kdamonds() == [str(second["kdamond"])]
+
+
+def test_unwatch_and_exit_stop_kdamonds_and_remove_instances(guest: FakeGuest, tmp_path: Path) -> None:
+    guest.add_process(FakeProcess(PID + 1, [(HEAP, HEAP + 0x1000)], {0: 1}))
+    guest.result("watch", pid=PID)
+    guest.result("watch", pid=PID + 1)
+    assert len(guest.kernel.running_kdamonds()) == 2
+    assert guest.result("unwatch", pid=PID) == {"pid": PID, "was_watched": True}
+    assert guest.result("unwatch", pid=PID) == {"pid": PID, "was_watched": False}
+    assert len(guest.kernel.running_kdamonds()) == 1
+    guest.daemon.close()
+    assert guest.kernel.running_kdamonds() == []
+    assert os.listdir(tmp_path / f"{TRACEFS}/instances") == []
+
+
+def test_a_full_kdamond_array_is_ebusy_with_advice(guest: FakeGuest) -> None:
+    for offset in range(4):
+        guest.add_process(FakeProcess(PID + 10 + offset, [(HEAP, HEAP + 0x1000)], {0: 1}))
+        guest.result("watch", pid=PID + 10 + offset)
+    code, message = guest.error("watch", pid=PID)
+    assert code == "EBUSY"
+    assert "--kdamonds" in message
+
+
+def test_watch_of_a_missing_process_is_esrch(guest: FakeGuest) -> None:
+    code, message = guest.error("watch", pid=31337)
+    assert (code, message) == ("ESRCH", "pid 31337: no such process")
+    assert guest.kernel.running_kdamonds() == []
+
+
+def test_monitoring_settings_are_checked(guest: FakeGuest) -> None:
+    code, message = guest.error("watch", pid=PID, min_regions=100, max_regions=50)
+    assert code == "EINVAL"
+    assert "watch.max_regions" in message
+
+
+def test_damos_migrates_on_the_physical_ranges_of_the_chosen_nodes(guest: FakeGuest, tmp_path: Path) -> None:
+    info = guest.result("damos", nodes=[0], schemes=[
+        {"action": "migrate_cold", "target_node": 2, "age": [10, 1000], "quota_bytes": 64 << 20,
+         "quota_reset_ms": 1000},
+    ])
+    assert info["nodes"] == [0]
+    context = tmp_path / f"{KDAMONDS}/{info['id']}/contexts/0"
+    assert (context / "operations").read_text() == "paddr"
+    # Node 0 owns memory blocks 0-3 of 128 MiB: one merged region.
+    assert (context / "targets/0/regions/nr_regions").read_text() == "1"
+    assert (context / "targets/0/regions/0/start").read_text() == "0"
+    assert (context / "targets/0/regions/0/end").read_text() == str(4 * 128 << 20)
+    scheme = context / "schemes/0"
+    assert (scheme / "action").read_text() == "migrate_cold"
+    assert (scheme / "target_nid").read_text() == "2"
+    assert (scheme / "access_pattern/age/min").read_text() == "10"
+    assert (scheme / "access_pattern/nr_accesses/max").read_text() == str((1 << 32) - 1)
+    assert (scheme / "quotas/bytes").read_text() == str(64 << 20)
+    stats = guest.result("damos_stop", id=info["id"])
+    assert stats["running"] is False
+    assert stats["schemes"][0]["stats"]["nr_applied"] == 12
+    assert guest.kernel.running_kdamonds() == []
+
+
+@pytest.mark.parametrize(("scheme", "field"), [
+    ({"action": "migrate_hot"}, "target_node"),
+    ({"action": "pageout", "target_node": 0}, "target_node"),
+    ({"action": "willneed"}, "action"),
+    ({"action": "stat", "age": [5, 1]}, "age"),
+    ({"action": "migrate_hot", "target_node": 9}, "node 9"),
+])
+def test_damos_schemes_are_checked(guest: FakeGuest, scheme: dict[str, object], field: str) -> None:
+    code, message = guest.error("damos", schemes=[scheme])
+    assert code in ("EINVAL", "ENODEV")
+    assert field in message
+    assert guest.kernel.running_kdamonds() == []
+
+
+def test_observed_regions_carry_page_counts_and_can_be_migrated_by_id(guest: FakeGuest, tmp_path: Path) -> None:
+    guest.result("watch", pid=PID)
+    [instance] = os.listdir(tmp_path / f"{TRACEFS}/instances")
+    (tmp_path / f"{TRACEFS}/instances/{instance}/trace_pipe").write_text(
+        aggregated_lines(REGIONS, FIRST_KDAMOND_PID, 1.0))
+    guest.syscalls.pages[PID] = {HEAP + page * 0x1000: 0 for page in range(0x20)}
+    damon = guest.result("observe", pid=PID)["damon"]
+    assert damon["columns"][-2:] == ["resident_pages", "written_pages"]
+    assert [row[-2:] for row in damon["regions"]] == [[0, 0], [0, 0], [0, 0]]  # an empty pagemap
+    moved = guest.result("migrate", pid=PID, node=2, budget_bytes=1 << 20, regions=[0, 2],
+                         observation=damon["observation"])
+    assert moved["moved_pages"] == 4 + 16
+    guest.result("observe", pid=PID)
+    code, message = guest.error("migrate", pid=PID, node=2, budget_bytes=1 << 20, regions=[1],
+                                observation=damon["observation"])
+    assert code == "ESTALE"
+    assert f"observation {damon['observation']}" in message
+    code, message = guest.error("migrate", pid=PID, node=2, budget_bytes=1 << 20, regions=[3])
+    assert (code, "region ids [3]" in message) == ("EINVAL", True)
+
+
+def test_the_slot_of_an_exited_process_is_reused(guest: FakeGuest, tmp_path: Path) -> None:
+    for offset in range(4):
+        guest.add_process(FakeProcess(PID + 10 + offset, [(HEAP, HEAP + 0x1000)], {0: 1}))
+        guest.result("watch", pid=PID + 10 + offset)
+    shutil.rmtree(tmp_path / f"proc/{PID + 10}")  # the process exits and its kdamond stops by itself
+    (tmp_path / f"{KDAMONDS}/0/state").write_text("off\n")
+    assert guest.result("watch", pid=PID)["kdamond"] == 0
