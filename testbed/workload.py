@@ -1,0 +1,594 @@
+"""Workloads: named memory regions, how often and how each is accessed, phase by phase.
+
+A workload spec (YAML in ``experiments/workloads/``, or embedded in an
+experiment) is turned into the input of ``memtouch`` (guest/workloads/memtouch.c),
+which performs exactly those accesses in the guest and reports, per epoch,
+region and chunk, the reads and writes it did. That report is the ground truth
+the score is computed from (DESIGN.md §5).
+
+Spec format::
+
+    name: hot-cold
+    description: What the workload models and what a good placement does.
+    seed: 1                 # optional (0); same seed, same per-chunk counts
+    epoch: 1s               # optional (1s); accesses are counted per epoch
+    slice: 10ms             # optional (10ms or the epoch): accesses are paced per slice of an epoch
+    chunk: 2MiB             # optional (2MiB, a power of two); ground-truth granularity
+    regions:                # mapped and first touched in this order
+      - name: index
+        size: 64MiB
+        pattern: zipf       # uniform | zipf | sequential | chase
+        accesses: 2000000   # per epoch
+        write_fraction: 0.1 # optional (0): share of the accesses that are stores
+        exponent: 1.0       # zipf only (1.0): P(page of rank k) ~ 1/(k+1)^exponent
+        hot_offset: 0MiB    # zipf only (0): where rank 0 lies in the region
+        hot_drift: 0MiB     # zipf only (0): how far the hot set moves each epoch
+        stride: 64B         # sequential only (64B, a multiple of 8)
+        chunk: 2MiB         # optional, overrides the workload's chunk
+        description: A hash index probed by key.   # optional, for program-aware hints
+    phases:                 # run in order
+      - name: warm-up       # optional (phaseN)
+        epochs: 10
+        regions:            # optional: per-region changes, relative to the region's own fields
+          index: {accesses: 20000, write_fraction: 0.5}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from testbed.catalog import REPO_ROOT
+from testbed.errors import ConfigError, UserError
+from testbed.model import PAGE_SIZE
+from testbed.units import format_size, parse_latency, parse_size
+from testbed.yamlfields import Fields, choice, load_yaml, whole
+
+WORKLOADS_DIR = REPO_ROOT / "experiments" / "workloads"
+MEMTOUCH_SOURCE = REPO_ROOT / "guest" / "workloads" / "memtouch.c"
+# -ffp-contract=off: no fused multiply-add, so the zipf table is bit-identical everywhere.
+MEMTOUCH_CFLAGS = ("-std=c11", "-O2", "-static", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror")
+MEMTOUCH_FORMAT_VERSION = 1
+
+# Limits memtouch enforces too (see its spec reader).
+MAX_REGIONS = 64
+MAX_REGION_SIZE = 64 * 2**30
+MAX_ACCESSES_PER_EPOCH = 2**40
+MAX_PHASE_EPOCHS = 2**32 - 1
+MAX_SEED = 2**64 - 1
+MAX_SLICES = 100_000
+MIN_EPOCH_US = 1000
+MAX_EPOCH_US = 3600 * 10**6
+REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
+DEFAULT_EPOCH_US = 1_000_000
+DEFAULT_SLICE_US = 10_000
+DEFAULT_CHUNK = 2 * 2**20
+CACHE_LINE = 64
+
+Counts = npt.NDArray[np.int64]
+
+
+class Pattern(StrEnum):
+    UNIFORM = "uniform"
+    ZIPF = "zipf"
+    SEQUENTIAL = "sequential"
+    CHASE = "chase"
+
+
+@dataclass(frozen=True)
+class Accesses:
+    """What one region does in each epoch of a phase."""
+
+    per_epoch: int
+    write_fraction: float = 0.0
+    exponent: float = 1.0  # zipf
+    hot_offset: int = 0  # zipf: bytes from the region's start to the page of rank 0
+    hot_drift: int = 0  # zipf: bytes the hot set moves per epoch
+    stride: int = CACHE_LINE  # sequential: bytes
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    size: int  # bytes
+    chunk: int  # bytes; ground truth is counted per chunk
+    pattern: Pattern
+    accesses: Accesses  # as the region defines it; phases may change it
+    description: str | None = None
+
+    @property
+    def pages(self) -> int:
+        return self.size // PAGE_SIZE
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.size // self.chunk)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    epochs: int
+    accesses: tuple[Accesses, ...]  # one per region, in region order
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    seed: int
+    epoch_us: int
+    slices: int  # per epoch
+    regions: tuple[Region, ...]
+    phases: tuple[Phase, ...]
+    source: Path | None = None
+
+    @property
+    def footprint(self) -> int:
+        """Bytes the regions occupy once touched."""
+        return sum(region.size for region in self.regions)
+
+    @property
+    def epochs(self) -> int:
+        return sum(phase.epochs for phase in self.phases)
+
+    @property
+    def epoch_seconds(self) -> float:
+        return self.epoch_us / 1e6
+
+
+# ---- reading the spec ----
+
+
+def workload_path(name_or_path: str, base_dir: Path = Path()) -> Path:
+    """A workload named in ``experiments/workloads/``, or a path (relative to ``base_dir``) to a workload file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        return base_dir / path
+    candidate = WORKLOADS_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = ", ".join(sorted(p.stem for p in WORKLOADS_DIR.glob("*.yaml")))
+        raise ConfigError(WORKLOADS_DIR, "", f"no workload named {name_or_path!r} (known: {known})")
+    return candidate
+
+
+def load_workload(path: Path, memory_limit: int | None = None) -> Workload:
+    return parse_workload(load_yaml(path), path, memory_limit=memory_limit)
+
+
+def resolve_workload(fields: Fields, key: str, memory_limit: int | None = None) -> Workload:
+    """An experiment's workload field: a workload's name, a path relative to the
+    experiment file, or the workload spec itself."""
+    value = fields.raw(key)
+    if isinstance(value, str):
+        return load_workload(workload_path(value, fields.path.parent), memory_limit)
+    return parse_workload(value, fields.path, fields.where(key), memory_limit)
+
+
+def parse_workload(data: object, path: Path, prefix: str = "", memory_limit: int | None = None) -> Workload:
+    """A workload from parsed YAML; ``memory_limit`` bounds each region and their total."""
+    fields = Fields(data, path, prefix)
+    name = fields.text("name")
+    description = fields.text("description")
+    seed = fields.get("seed", _whole_up_to(0, MAX_SEED), 0)
+    epoch_us = fields.get("epoch", _microseconds(MIN_EPOCH_US, MAX_EPOCH_US), DEFAULT_EPOCH_US)
+    slice_us = fields.get("slice", _microseconds(1, MAX_EPOCH_US), min(DEFAULT_SLICE_US, epoch_us))
+    if slice_us > epoch_us:
+        raise fields.error("slice", f"must not be longer than the epoch ({epoch_us}us), got {slice_us}us")
+    chunk = fields.get("chunk", _chunk_size, DEFAULT_CHUNK)
+    regions = _regions(fields, chunk, memory_limit)
+    phases = _phases(fields, regions)
+    fields.done()
+    return Workload(name=name, description=description, seed=seed, epoch_us=epoch_us,
+                    slices=min(MAX_SLICES, max(1, round(epoch_us / slice_us))),
+                    regions=regions, phases=phases, source=path)
+
+
+def _regions(fields: Fields, default_chunk: int, memory_limit: int | None) -> tuple[Region, ...]:
+    regions: list[Region] = []
+    for _, value, where in fields.items("regions"):
+        region = _region(Fields(value, fields.path, where), default_chunk, memory_limit)
+        if any(other.name == region.name for other in regions):
+            raise ConfigError(fields.path, f"{where}.name", f"region {region.name!r} is defined twice")
+        regions.append(region)
+    if not 1 <= len(regions) <= MAX_REGIONS:
+        raise fields.error("regions", f"expected 1 to {MAX_REGIONS} regions, got {len(regions)}")
+    total = sum(region.size for region in regions)
+    if memory_limit is not None and total > memory_limit:
+        raise fields.error("regions", f"the regions total {format_size(total)}, more than the limit "
+                           f"of {format_size(memory_limit)}")
+    return tuple(regions)
+
+
+def _region(fields: Fields, default_chunk: int, memory_limit: int | None) -> Region:
+    name = fields.get("name", _region_name)
+    size = fields.get("size", _region_size)
+    if memory_limit is not None and size > memory_limit:
+        raise fields.error("size", f"{format_size(size)} is more than the limit of {format_size(memory_limit)}")
+    pattern = fields.get("pattern", choice(Pattern))
+    fields.raw("accesses")  # required here; phases may leave it out
+    accesses = _changed_accesses(fields, pattern, size, Accesses(per_epoch=0))
+    region = Region(name=name, size=size, chunk=fields.get("chunk", _chunk_size, default_chunk), pattern=pattern,
+                    accesses=accesses, description=fields.text("description", None))
+    fields.done()
+    return region
+
+
+def _changed_accesses(fields: Fields, pattern: Pattern, size: int, base: Accesses) -> Accesses:
+    """``base`` with the access fields that ``fields`` gives (those of other patterns are errors)."""
+    changes: dict[str, Any] = {}
+    for key, (attribute, owner, parse) in _access_fields(size).items():
+        if fields.has(key) and owner not in (None, pattern):
+            raise fields.error(key, f"applies to {owner} regions only (this region is {pattern})")
+        value = fields.get(key, parse, None)
+        if value is not None:
+            changes[attribute] = value
+    return replace(base, **changes)
+
+
+def _access_fields(size: int) -> dict[str, tuple[str, Pattern | None, Callable[[Any], Any]]]:
+    """YAML key -> (Accesses attribute, the pattern it belongs to or None for all, parser)."""
+    return {
+        "accesses": ("per_epoch", None, _whole_up_to(0, MAX_ACCESSES_PER_EPOCH)),
+        "write_fraction": ("write_fraction", None, _fraction),
+        "exponent": ("exponent", Pattern.ZIPF, _exponent),
+        "hot_offset": ("hot_offset", Pattern.ZIPF, _page_offset(size)),
+        "hot_drift": ("hot_drift", Pattern.ZIPF, _page_offset(size)),
+        "stride": ("stride", Pattern.SEQUENTIAL, _stride(size)),
+    }
+
+
+def _phases(fields: Fields, regions: tuple[Region, ...]) -> tuple[Phase, ...]:
+    phases: list[Phase] = []
+    for index, value, where in fields.items("phases"):
+        phase = Fields(value, fields.path, where)
+        name = phase.text("name", f"phase{index}")
+        epochs = phase.get("epochs", _whole_up_to(1, MAX_PHASE_EPOCHS))
+        accesses = _phase_accesses(phase, regions) if phase.has("regions") else tuple(r.accesses for r in regions)
+        phase.done()
+        phases.append(Phase(name=name, epochs=epochs, accesses=accesses))
+    if not phases:
+        raise fields.error("phases", "needs at least one phase")
+    return tuple(phases)
+
+
+def _phase_accesses(phase: Fields, regions: tuple[Region, ...]) -> tuple[Accesses, ...]:
+    changes = phase.raw("regions")
+    if not isinstance(changes, dict):
+        raise phase.error("regions", "expected a mapping of region name to changed fields")
+    known = {region.name for region in regions}
+    for name in changes:
+        if name not in known:
+            raise phase.error(f"regions.{name}", f"no region named {name!r} (regions: {', '.join(sorted(known))})")
+    accesses = []
+    for region in regions:
+        if region.name not in changes:
+            accesses.append(region.accesses)
+            continue
+        change = Fields(changes[region.name], phase.path, phase.where(f"regions.{region.name}"))
+        accesses.append(_changed_accesses(change, region.pattern, region.size, region.accesses))
+        change.done()
+    return tuple(accesses)
+
+
+def _region_name(value: Any) -> str:
+    if not isinstance(value, str) or not REGION_NAME.match(value):
+        raise ValueError(f"expected 1-63 letters, digits, '_', '.' or '-', got {value!r}")
+    return value
+
+
+def _region_size(value: Any) -> int:
+    size = parse_size(value)
+    if size <= 0 or size % PAGE_SIZE or size > MAX_REGION_SIZE:
+        raise ValueError(f"expected a positive multiple of 4KiB up to {format_size(MAX_REGION_SIZE)}, got {value!r}")
+    return size
+
+
+def _chunk_size(value: Any) -> int:
+    size = parse_size(value)
+    if size < PAGE_SIZE or size & (size - 1):
+        raise ValueError(f"expected a power of two of at least 4KiB, got {value!r}")
+    return size
+
+
+def _whole_up_to(minimum: int, maximum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        number = whole(minimum)(value)
+        if number > maximum:
+            raise ValueError(f"expected at most {maximum}, got {value!r}")
+        return number
+
+    return parse
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"expected a fraction from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def _exponent(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.001 <= value <= 100:
+        raise ValueError(f"expected a zipf exponent from 0.001 to 100, got {value!r}")
+    return float(value)
+
+
+def _page_offset(region_size: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        offset = parse_size(value)
+        if offset % PAGE_SIZE or offset >= region_size:
+            raise ValueError(f"expected a multiple of 4KiB below the region's size "
+                             f"({format_size(region_size)}), got {value!r}")
+        return offset
+
+    return parse
+
+
+def _stride(region_size: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        stride = parse_size(value)
+        if stride <= 0 or stride % 8 or stride > region_size:
+            raise ValueError(f"expected a multiple of 8 bytes up to the region's size, got {value!r}")
+        return stride
+
+    return parse
+
+
+def _microseconds(minimum: int, maximum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        nanoseconds = parse_latency(value)
+        if nanoseconds % 1000 or not minimum * 1000 <= nanoseconds <= maximum * 1000:
+            raise ValueError(f"expected a whole number of microseconds from {minimum}us to "
+                             f"{maximum // 10**6}s, got {value!r}")
+        return int(nanoseconds // 1000)
+
+    return parse
+
+
+# ---- the program's input ----
+
+
+def memtouch_input(workload: Workload) -> str:
+    """The spec in memtouch's line format (documented at the top of memtouch.c)."""
+    lines = [f"memtouch version={MEMTOUCH_FORMAT_VERSION}",
+             f"# workload {workload.name}",
+             f"run seed={workload.seed} epoch_us={workload.epoch_us} slices={workload.slices}"]
+    lines += [f"region name={r.name} size={r.size} chunk={r.chunk} pattern={r.pattern}" for r in workload.regions]
+    for phase in workload.phases:
+        lines.append(f"phase epochs={phase.epochs}  # {phase.name}")
+        lines += [_access_line(region, accesses) for region, accesses in zip(workload.regions, phase.accesses,
+                                                                             strict=True)]
+    return "\n".join(lines) + "\n"
+
+
+def _access_line(region: Region, accesses: Accesses) -> str:
+    line = f"access region={region.name} count={accesses.per_epoch} write={accesses.write_fraction!r}"
+    if region.pattern is Pattern.ZIPF:
+        line += (f" exponent={accesses.exponent!r} hot_offset={accesses.hot_offset // PAGE_SIZE}"
+                 f" hot_drift={accesses.hot_drift // PAGE_SIZE}")
+    elif region.pattern is Pattern.SEQUENTIAL:
+        line += f" stride={accesses.stride}"
+    return line
+
+
+# ---- the program's output: ground truth ----
+
+
+class MemtouchOutputError(ValueError):
+    """memtouch printed something that is not its documented output."""
+
+
+@dataclass(frozen=True)
+class RegionLayout:
+    """Where a region lies in the workload's address space."""
+
+    name: str
+    pattern: Pattern
+    address: int
+    size: int
+    chunk: int
+    pages: int
+    chunks: int
+
+
+@dataclass(frozen=True)
+class EpochCounts:
+    """What memtouch did in one epoch: reads and writes per region (layout order) and chunk."""
+
+    epoch: int
+    phase: int
+    start_us: int  # CLOCK_MONOTONIC in the guest
+    end_us: int
+    busy_us: int
+    late: bool  # the accesses took longer than the epoch (none were dropped)
+    reads: tuple[Counts, ...]
+    writes: tuple[Counts, ...]
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    pid: int
+    seed: int
+    epoch_us: int
+    regions: tuple[RegionLayout, ...]
+    epochs: tuple[EpochCounts, ...]
+    finished: bool  # memtouch ran every epoch and said so
+
+    def region_index(self, name: str) -> int:
+        for index, region in enumerate(self.regions):
+            if region.name == name:
+                return index
+        raise KeyError(name)
+
+    def reads(self, name: str) -> Counts:
+        """Reads of region ``name`` as an array [epoch, chunk]."""
+        index = self.region_index(name)
+        return self._stacked([epoch.reads[index] for epoch in self.epochs], index)
+
+    def writes(self, name: str) -> Counts:
+        """Writes of region ``name`` as an array [epoch, chunk]."""
+        index = self.region_index(name)
+        return self._stacked([epoch.writes[index] for epoch in self.epochs], index)
+
+    def _stacked(self, per_epoch: list[Counts], index: int) -> Counts:
+        return np.stack(per_epoch) if per_epoch else np.zeros((0, self.regions[index].chunks), dtype=np.int64)
+
+
+class OutputReader:
+    """Reads memtouch's output line by line, as it arrives, checking each line.
+
+    Lines (JSON objects, documented at the top of memtouch.c):
+    ``{"type":"regions",...}`` first, then ``{"type":"epoch",...,"reads":[[..],..],"writes":[[..],..]}``
+    once per epoch, then ``{"type":"done","epochs":N,"late_epochs":N}``.
+    """
+
+    def __init__(self) -> None:
+        self._header: dict[str, Any] | None = None
+        self._regions: tuple[RegionLayout, ...] = ()
+        self._epochs: list[EpochCounts] = []
+        self._finished = False
+        self._line = 0
+
+    def feed(self, text: str) -> EpochCounts | None:
+        """Takes one line; returns the epoch it reports, if it reports one."""
+        self._line += 1
+        line = self._object(text)
+        kind = line.get("type")
+        if self._finished:
+            raise self._error("output continues after the 'done' line")
+        if kind == "regions" and self._header is None:
+            self._header = line
+            self._regions = tuple(self._layout(region) for region in self._list(line, "regions"))
+            return None
+        if self._header is None:
+            raise self._error(f"expected the 'regions' line first, got {kind!r}")
+        if kind == "epoch":
+            epoch = self._epoch(line)
+            self._epochs.append(epoch)
+            return epoch
+        if kind == "done":
+            if self._int(line, "epochs") != len(self._epochs):
+                raise self._error(f"'done' reports {line['epochs']} epochs, {len(self._epochs)} were printed")
+            self._finished = True
+            return None
+        raise self._error(f"unexpected line type {kind!r}")
+
+    def result(self) -> GroundTruth:
+        if self._header is None:
+            raise MemtouchOutputError("memtouch printed no 'regions' line")
+        return GroundTruth(pid=self._int(self._header, "pid"), seed=self._int(self._header, "seed"),
+                           epoch_us=self._int(self._header, "epoch_us"), regions=self._regions,
+                           epochs=tuple(self._epochs), finished=self._finished)
+
+    def _object(self, text: str) -> dict[str, Any]:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise self._error(f"not JSON: {error.msg}") from None
+        if not isinstance(value, dict):
+            raise self._error("expected a JSON object")
+        return value
+
+    def _layout(self, value: Any) -> RegionLayout:
+        if not isinstance(value, dict):
+            raise self._error("expected each region to be an object")
+        name = value.get("name")
+        if not isinstance(name, str):
+            raise self._error("each region needs a name")
+        try:
+            pattern = choice(Pattern)(value.get("pattern"))
+        except ValueError as error:
+            raise self._error(f"pattern: {error}") from None
+        return RegionLayout(name=name, pattern=pattern, address=self._int(value, "address"),
+                            size=self._int(value, "size"), chunk=self._int(value, "chunk"),
+                            pages=self._int(value, "pages"), chunks=self._int(value, "chunks"))
+
+    def _epoch(self, line: dict[str, Any]) -> EpochCounts:
+        number = self._int(line, "epoch")
+        if number != len(self._epochs):
+            raise self._error(f"expected epoch {len(self._epochs)}, got {number}")
+        if not isinstance(line.get("late"), bool):
+            raise self._error("'late' must be true or false")
+        return EpochCounts(epoch=number, phase=self._int(line, "phase"), start_us=self._int(line, "start_us"),
+                           end_us=self._int(line, "end_us"), busy_us=self._int(line, "busy_us"),
+                           late=line["late"], reads=self._counts(line, "reads"), writes=self._counts(line, "writes"))
+
+    def _counts(self, line: dict[str, Any], key: str) -> tuple[Counts, ...]:
+        per_region = self._list(line, key)
+        if len(per_region) != len(self._regions):
+            raise self._error(f"'{key}' has {len(per_region)} regions, expected {len(self._regions)}")
+        counts = []
+        for region, values in zip(self._regions, per_region, strict=True):
+            if not isinstance(values, list) or len(values) != region.chunks or not all(
+                    type(v) is int and v >= 0 for v in values):
+                raise self._error(f"'{key}' of region {region.name!r} must be {region.chunks} counts")
+            counts.append(np.array(values, dtype=np.int64))
+        return tuple(counts)
+
+    def _list(self, line: dict[str, Any], key: str) -> list[Any]:
+        value = line.get(key)
+        if not isinstance(value, list):
+            raise self._error(f"'{key}' must be a list")
+        return value
+
+    def _int(self, line: dict[str, Any], key: str) -> int:
+        value = line.get(key)
+        if type(value) is not int or value < 0:
+            raise self._error(f"'{key}' must be a whole number, got {value!r}")
+        return value
+
+    def _error(self, problem: str) -> MemtouchOutputError:
+        return MemtouchOutputError(f"memtouch output line {self._line}: {problem}")
+
+
+def parse_output(lines: Iterable[str]) -> GroundTruth:
+    reader = OutputReader()
+    for line in lines:
+        if line.strip():
+            reader.feed(line)
+    return reader.result()
+
+
+# ---- building the program ----
+
+
+class MemtouchBuildError(UserError):
+    """memtouch could not be compiled on this host."""
+
+
+def build_memtouch(out_dir: Path, compiler: str = "gcc") -> Path:
+    """A static memtouch binary in ``out_dir``, compiled once per source and flags.
+
+    The binary runs in the guest unchanged; its name carries the hash, so a
+    changed source never reuses a stale build.
+    """
+    source = MEMTOUCH_SOURCE.read_bytes()
+    digest = hashlib.sha256(source + " ".join((compiler, *MEMTOUCH_CFLAGS)).encode()).hexdigest()[:16]
+    target = out_dir / f"memtouch-{digest}"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    # The exact bytes hashed are compiled (from stdin), so the name cannot lie about the content.
+    command = [compiler, *MEMTOUCH_CFLAGS, "-x", "c", "-o", str(partial), "-"]
+    try:
+        result = subprocess.run(command, input=source, capture_output=True, check=False)
+    except FileNotFoundError:
+        raise MemtouchBuildError(f"cannot build memtouch: no {compiler!r} (install gcc and libc6-dev)") from None
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise MemtouchBuildError(f"cannot build memtouch from {MEMTOUCH_SOURCE} (a static build needs "
+                                 f"libc6-dev):\n{result.stderr.decode(errors='replace').strip()}")
+    partial.replace(target)
+    return target
