@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from testbed.cli import catalog
+from testbed.cli import catalog, llm, vm
 from testbed.errors import UserError
 
-COMMAND_GROUPS = (catalog,)
+COMMAND_GROUPS = (catalog, vm, llm)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,114 @@
+"""Commands for the guest image and VM lifecycle: image, up, ls, ssh, verify, down."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from testbed.errors import UserError
+from testbed.image import build_image, current_image, image_key, images_dir
+from testbed.table import render_table
+from testbed.verify import verify_vm
+from testbed.vms import all_vms, load_vm, up
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    image = commands.add_parser("image", help="build or describe the guest image")
+    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    build = image_commands.add_parser("build", help="build the guest image (cached; needs root)")
+    build.add_argument("--force", action="store_true", help="rebuild even if the cached image is current")
+    build.set_defaults(handler=image_build)
+    image_commands.add_parser("info", help="where the image is and what is in it").set_defaults(handler=image_info)
+
+    start = commands.add_parser("up", help="start a VM for a system and bring its devices up")
+    start.add_argument("system", help="a name from devices/systems/ or a path to a system YAML")
+    start.add_argument("--name", help="VM name (default: the system's name, made unique)")
+    start.add_argument("--backend", choices=("qemu", "libvirt"), default="qemu")
+    start.add_argument("--accel", choices=("kvm", "tcg"), help="default: KVM where it works, else TCG")
+    start.add_argument("--cold", action="store_true", help="boot from scratch; do not use or save a warm state")
+    start.set_defaults(handler=up_command)
+
+    commands.add_parser("ls", help="list VMs, including stale ones").set_defaults(handler=ls_command)
+
+    shell = commands.add_parser("ssh", help="a shell or a command in a VM")
+    shell.add_argument("name")
+    shell.add_argument("remote", nargs=argparse.REMAINDER, help="-- COMMAND... (default: a login shell)")
+    shell.set_defaults(handler=ssh_command)
+
+    verify = commands.add_parser("verify", help="check the guest sees the machine its YAML describes")
+    verify.add_argument("name")
+    verify.set_defaults(handler=verify_command)
+
+    down = commands.add_parser("down", help="stop VMs and remove their files")
+    down.add_argument("name", nargs="?")
+    down.add_argument("--all", action="store_true", help="every VM, running or stale")
+    down.set_defaults(handler=down_command)
+
+
+def image_build(args: argparse.Namespace) -> int:
+    build_image(force=args.force)
+    return 0
+
+
+def image_info(args: argparse.Namespace) -> int:
+    image = current_image()
+    if image is None:
+        print(f"no image built for this code (key {image_key()}; would be in {images_dir()}); "
+              "run `llamas image build`")
+        return 1
+    manifest = image.manifest()
+    size = sum(p.stat().st_size for p in image.directory.iterdir()) / 2**20
+    print(f"image {image.key}: {image.directory}\n  built {manifest['built']}, {size:.0f} MiB\n"
+          f"  Debian {manifest['suite']}, kernel {manifest['kernel']}, {len(manifest['packages'])} packages")
+    return 0
+
+
+def up_command(args: argparse.Namespace) -> int:
+    vm = up(args.system, name=args.name, backend=args.backend, accel=args.accel, warm=not args.cold)
+    vm.close()
+    print(f"{vm.name} is up: llamas ssh {vm.name}; llamas verify {vm.name}; llamas down {vm.name}")
+    return 0
+
+
+def ls_command(args: argparse.Namespace) -> int:
+    rows = []
+    for vm in all_vms():
+        state = "running" if vm.machine.alive() else "stale"
+        age = time.time() - vm.record.started
+        rows.append([vm.name, vm.system.name, vm.record.backend, vm.record.accel, vm.record.ssh_port, state,
+                     f"{vm.record.boot} {vm.record.boot_seconds:.1f}s", f"{age / 60:.0f} min"])
+    if not rows:
+        print("no VMs")
+        return 0
+    print(render_table(["name", "system", "backend", "accel", "ssh port", "state", "boot", "age"], rows))
+    return 0
+
+
+def ssh_command(args: argparse.Namespace) -> int:
+    vm = load_vm(args.name)
+    if not vm.machine.alive():
+        raise UserError(f"VM {args.name!r} is not running (llamas down {args.name} clears it)")
+    remote = args.remote[1:] if args.remote[:1] == ["--"] else args.remote
+    argv = ["ssh", "-q", "-i", str(vm.image.client_key), "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={vm.files.directory / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+            "-p", str(vm.record.ssh_port), "root@127.0.0.1", *remote]
+    os.execvp("ssh", argv)
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    vm = load_vm(args.name)
+    report = verify_vm(vm)
+    print(report.table())
+    print(f"\n{report.passed} of {len(report.checks)} checks pass")
+    return 0 if report.ok else 1
+
+
+def down_command(args: argparse.Namespace) -> int:
+    if args.all == bool(args.name):
+        raise UserError("name one VM, or use --all")
+    vms = all_vms() if args.all else [load_vm(args.name)]
+    for vm in vms:
+        vm.down()
+        print(f"{vm.name}: down")
+    return 0

@@ -1,0 +1,322 @@
+"""VMs: bring a system up (cold, or warm from a saved state), find them, take them down.
+
+Each VM lives in ``<state>/vms/<name>/``: its record (vm.json), a qcow2 overlay
+(base images are never written), the console log, QMP socket and NVDIMM
+backing files. After the first ready boot of an (image, system, backend,
+accelerator) the VM state is saved once; later starts restore it in about a
+second, on a fresh overlay over the disk as it was at save time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from testbed.accel import choose_accel
+from testbed.bringup import bringup_script
+from testbed.catalog import default_catalog
+from testbed.errors import UserError
+from testbed.guest_client import GuestClient
+from testbed.image import Image, require_image
+from testbed.machine import Machine, make_machine
+from testbed.model import Emulation, System
+from testbed.paths import cache_dir, state_dir
+from testbed.proc import run
+from testbed.render_qemu import GuestBoot, VmConfig, VmFiles, machine_args
+from testbed.ssh import GuestShell, known_hosts_line
+
+# Kernel arguments measured to shorten a TCG boot (DESIGN.md §4); panic=-1 with
+# -no-reboot makes a failed boot end QEMU instead of hanging.
+KERNEL_CMDLINE = ("console=ttyS0 root=/dev/vda rw quiet mitigations=off tsc=reliable no_timer_check "
+                  "cryptomgr.notests 8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp audit=0 panic=-1")
+READY_MARKER = "LLAMAS_READY"
+GUEST_DAEMON = "guestd"  # installed by the image; speaks guest/PROTOCOL.md on stdin/stdout
+BOOT_TIMEOUT = {"kvm": 60.0, "tcg": 180.0}
+RESTORE_TIMEOUT = 60.0
+Log = Callable[[str], None]
+
+
+class BootFailed(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    name: str
+    system: str  # path of the system YAML
+    backend: str
+    accel: str
+    ssh_port: int
+    image: str
+    handle: str  # the QEMU pid or the libvirt domain name
+    started: float
+    boot: str  # "cold" or "warm"
+    boot_seconds: float
+    cmdline: str
+
+    def write(self, directory: Path) -> None:
+        (directory / "vm.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, directory: Path) -> VmRecord:
+        return cls(**json.loads((directory / "vm.json").read_text()))
+
+
+def vms_dir() -> Path:
+    return state_dir() / "vms"
+
+
+class Vm:
+    """A running VM. A context manager: leaving the block takes it down."""
+
+    def __init__(self, record: VmRecord, system: System, image: Image) -> None:
+        self.record = record
+        self.system = system
+        self.image = image
+        self.files = VmFiles(vms_dir() / record.name)
+        self._shell: GuestShell | None = None
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def machine(self) -> Machine:
+        return make_machine(self.record.backend, self.config(), self.name, self.record.handle)
+
+    def config(self, incoming: Path | None = None) -> VmConfig:
+        boot = GuestBoot(self.image.kernel, self.image.initrd, self.record.cmdline)
+        return VmConfig(self.system, self.record.accel, self.files, boot, self.record.ssh_port, incoming)
+
+    def shell(self, timeout: float = 30.0) -> GuestShell:
+        """The VM's SSH connection, opened on first use and reopened if it dropped."""
+        if self._shell is None or not self._shell.alive:
+            self._shell = GuestShell.connect(self.record.ssh_port, self.image.client_key, self.image.host_key,
+                                             timeout)
+        return self._shell
+
+    def guest(self) -> GuestClient:
+        """A client of the guest daemon, on its own channel of the VM's SSH connection."""
+        return GuestClient(lambda: self.shell().open_exec(GUEST_DAEMON))
+
+    def console_tail(self, lines: int = 25) -> str:
+        return console_tail(self.files.console, lines)
+
+    def close(self) -> None:
+        if self._shell is not None:
+            self._shell.close()
+            self._shell = None
+
+    def down(self) -> None:
+        self.close()
+        self.machine.stop()
+        shutil.rmtree(self.files.directory, ignore_errors=True)
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+
+def up(system_ref: str, *, name: str | None = None, backend: str = "qemu", accel: str | None = None,
+       warm: bool = True, extra_cmdline: str = "", log: Log = print) -> Vm:
+    """Start a VM for a system and return it ready: SSH works and every device is a NUMA node."""
+    catalog = default_catalog()
+    system = catalog.load_system(system_ref)
+    image = require_image()
+    chosen = choose_accel(accel)
+    log(f"accelerator: {chosen.name} ({chosen.reason})")
+    name = name or _free_name(system.name)
+    directory = _claim(name)
+    record = VmRecord(name=name, system=str(catalog.system_path(system_ref).resolve()), backend=backend,
+                      accel=chosen.name, ssh_port=_free_port(), image=image.key, handle="", started=time.time(),
+                      boot="cold", boot_seconds=0.0, cmdline=f"{KERNEL_CMDLINE} {extra_cmdline}".strip())
+    vm = Vm(record, system, image)
+    (directory / "known_hosts").write_text(known_hosts_line(record.ssh_port, image.host_key))
+    record.write(directory)
+    try:
+        return _start(vm, warm, log)
+    except BaseException:
+        vm.close()
+        vm.machine.stop()
+        raise
+
+
+def _start(vm: Vm, warm: bool, log: Log) -> Vm:
+    snapshot = Snapshot(cache_dir() / "snapshots" / snapshot_key(vm))
+    if warm and snapshot.exists():
+        try:
+            return _restore(vm, snapshot, log)
+        except UserError as error:
+            log(f"warm start failed ({error}); discarding the saved state and booting cold")
+            vm.machine.stop()
+            snapshot.discard()
+    _cold_boot(vm, log)
+    if not warm:
+        return vm
+    log("saving the ready VM for warm starts")
+    vm.close()
+    snapshot.save_from(vm)
+    return _restore(vm, snapshot, log)
+
+
+def _cold_boot(vm: Vm, log: Log) -> None:
+    started = time.monotonic()
+    _prepare_files(vm, vm.image.disk)
+    machine = make_machine(vm.record.backend, vm.config(), vm.name)
+    machine.start()
+    _update(vm, handle=machine.handle)
+    _wait_ready(vm, machine, BOOT_TIMEOUT[vm.record.accel])
+    script = bringup_script(vm.system)
+    if script:
+        vm.shell().run(script, timeout=120)
+    _update(vm, boot="cold", boot_seconds=round(time.monotonic() - started, 2))
+    log(f"{vm.name}: cold boot to ready in {vm.record.boot_seconds:.1f} s ({vm.record.backend}, "
+        f"{vm.record.accel})")
+
+
+def _restore(vm: Vm, snapshot: Snapshot, log: Log) -> Vm:
+    started = time.monotonic()
+    _prepare_files(vm, snapshot.disk)
+    machine = make_machine(vm.record.backend, vm.config(incoming=snapshot.state), vm.name)
+    machine.start()
+    _update(vm, handle=machine.handle)
+    # The guest's clock stopped at save time; set it from the host's.
+    vm.shell(timeout=RESTORE_TIMEOUT).run(f"date -s @{time.time():.3f} > /dev/null")
+    _update(vm, boot="warm", boot_seconds=round(time.monotonic() - started, 2))
+    log(f"{vm.name}: warm start to ready in {vm.record.boot_seconds:.1f} s ({vm.record.backend}, "
+        f"{vm.record.accel})")
+    return vm
+
+
+def _prepare_files(vm: Vm, backing: Path) -> None:
+    """A fresh overlay over ``backing`` and empty NVDIMM backing files; a fresh console log."""
+    files = vm.files
+    for stale in (files.disk, files.console):
+        stale.unlink(missing_ok=True)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(files.disk)])
+    for node in vm.system.nodes:
+        if node.emulation is Emulation.NVDIMM:
+            with files.nvdimm(node).open("wb") as backing_file:
+                backing_file.truncate(node.backing_size)
+    files.console.touch()
+
+
+def _wait_ready(vm: Vm, machine: Machine, timeout: float) -> None:
+    """The lean init prints a marker on the serial console once sshd runs (polling SSH
+    would not do: user networking accepts connections before sshd listens)."""
+    deadline = time.monotonic() + timeout
+    while READY_MARKER not in vm.files.console.read_text(errors="replace"):
+        if not machine.alive():
+            raise BootFailed(f"{vm.name}: the VM stopped during boot. Console ({vm.files.console}), last "
+                             f"lines:\n{vm.console_tail()}")
+        if time.monotonic() > deadline:
+            raise BootFailed(f"{vm.name}: not ready after {timeout:.0f} s. Console ({vm.files.console}), "
+                             f"last lines:\n{vm.console_tail()}")
+        time.sleep(0.05)
+
+
+def _update(vm: Vm, **changes: Any) -> None:
+    vm.record = VmRecord(**{**asdict(vm.record), **changes})
+    vm.record.write(vm.files.directory)
+
+
+class Snapshot:
+    """A ready VM saved to a file, with its disk as it was at save time."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @property
+    def state(self) -> Path:
+        return self.directory / "state.bin"
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / "disk.qcow2"
+
+    def exists(self) -> bool:
+        return self.state.exists() and self.disk.exists()
+
+    def save_from(self, vm: Vm) -> None:
+        """Save ``vm`` (which stops it); written aside and renamed, so a crash leaves no half snapshot."""
+        partial = self.directory.with_name(self.directory.name + ".saving")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        vm.machine.save(partial / "state.bin")
+        shutil.copy2(vm.files.disk, partial / "disk.qcow2")
+        self.discard()
+        partial.rename(self.directory)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def snapshot_key(vm: Vm) -> str:
+    """Everything a saved state depends on: image, machine, kernel arguments, backend, QEMU.
+
+    libvirt restores only into a domain with the saved UUID, and two domains may not share
+    one, so there a saved state belongs to one VM name.
+    """
+    placeholder = VmFiles(Path("/snapshot"))
+    identity = {"image": vm.image.key, "backend": vm.record.backend, "accel": vm.record.accel,
+                "domain": vm.name if vm.record.backend == "libvirt" else None,
+                "machine": machine_args(vm.system, vm.record.accel, placeholder), "cmdline": vm.record.cmdline,
+                "qemu": run(["qemu-system-x86_64", "--version"]).splitlines()[0]}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def console_tail(console: Path, lines: int) -> str:
+    if not console.exists():
+        return "(no console output)"
+    text = console.read_text(errors="replace").replace("\r", "")
+    return "\n".join(text.strip().splitlines()[-lines:]) or "(no console output)"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _free_name(base: str) -> str:
+    taken = {path.name for path in vms_dir().glob("*")} if vms_dir().exists() else set()
+    name, counter = base, 2
+    while name in taken:
+        name, counter = f"{base}-{counter}", counter + 1
+    return name
+
+
+def _claim(name: str) -> Path:
+    directory = vms_dir() / name
+    if directory.exists():
+        existing = load_vm(name)
+        if existing.machine.alive():
+            raise UserError(f"a VM named {name!r} is already running (llamas down {name})")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def load_vm(name: str) -> Vm:
+    directory = vms_dir() / name
+    if not (directory / "vm.json").exists():
+        known = ", ".join(sorted(p.name for p in vms_dir().glob("*"))) if vms_dir().exists() else ""
+        raise UserError(f"no VM named {name!r}" + (f" (known: {known})" if known else " (none are running)"))
+    record = VmRecord.read(directory)
+    image = Image(cache_dir() / "images" / record.image)
+    return Vm(record, default_catalog().load_system(record.system), image)
+
+
+def all_vms() -> list[Vm]:
+    if not vms_dir().exists():
+        return []
+    return [load_vm(path.name) for path in sorted(vms_dir().iterdir()) if (path / "vm.json").exists()]
