@@ -234,6 +234,8 @@ class DamonRegion:
     age: int
     resident_pages: int | None  # estimated from pagemap; None when soft_dirty was off
     written_pages: int | None  # soft-dirty since the previous observe
+    sampled_pages: int | None  # pages whose node was asked; None unless observed with region_nodes
+    nodes: dict[int, int] | None  # bytes on each node, estimated from the sampled pages
 
 
 @dataclass(frozen=True)
@@ -251,13 +253,22 @@ class DamonView:
         rows = [dict(zip(columns, (_checked(value, int, "observe", "result.damon.regions[]") for value in row),
                          strict=True))
                 for row in damon.items("regions", list)]
+        placements = _region_placements(damon) if damon.has("region_nodes") else [None] * len(rows)
+        if len(placements) != len(rows):
+            raise _bad_reply("observe", "result.damon.region_nodes", f"{len(rows)} objects", placements)
         regions = tuple(
             DamonRegion(row["id"], row["start"], row["end"], row["nr_accesses"], row["age"],
-                        row.get("resident_pages"), row.get("written_pages"))
-            for row in rows
+                        row.get("resident_pages"), row.get("written_pages"), row.get("sampled_pages"), nodes)
+            for row, nodes in zip(rows, placements, strict=True)
         )
         return cls(damon.get("observation", int), damon.get("source", str), damon.get("running", bool),
                    damon.optional("time", float), damon.get("total_regions", int), regions)
+
+
+def _region_placements(damon: ReplyFields) -> list[dict[int, int] | None]:
+    where = "result.damon.region_nodes[]"
+    return [{int(node): _checked(size, int, "observe", where) for node, size in placement.items()}
+            for placement in damon.items("region_nodes", dict)]
 
 
 @dataclass(frozen=True)
@@ -331,6 +342,7 @@ class MigrationResult:
     moved_bytes: int
     already_on_node: int
     not_present: int
+    unmapped_bytes: int  # parts of the given ranges with no mapping (DAMON regions span gaps)
     failed: dict[str, int]  # errno name (or UNMOVED) -> pages
     budget_exhausted: bool
     budget_clipped_to_free: bool
@@ -342,7 +354,7 @@ class MigrationResult:
         return cls(
             reply.get("pid", int), reply.get("node", int), reply.get("moved_pages", int),
             reply.get("moved_bytes", int), reply.get("already_on_node", int), reply.get("not_present", int),
-            reply.mapping("failed", int), reply.get("budget_exhausted", bool),
+            reply.get("unmapped_bytes", int), reply.mapping("failed", int), reply.get("budget_exhausted", bool),
             reply.get("budget_clipped_to_free", bool), reply.get("process_exited", bool), reply.get("seconds", float),
         )
 
@@ -717,15 +729,17 @@ class GuestClient:
         return self.call("unwatch", {"pid": pid}).get("was_watched", bool)
 
     def observe(self, pid: int, *, ranges: Sequence[ResidencyQuery] = (), soft_dirty: bool = True,
-                max_regions: int | None = None, pagemap_budget_pages: int | None = None,
+                region_nodes: bool = False, max_regions: int | None = None, pagemap_budget_pages: int | None = None,
                 timeout: float | None = None) -> Observation:
         """One observation of ``pid``: CPU time, residency per node, DAMON regions, and the asked ``ranges``.
 
         With ``soft_dirty`` each region and chunk reports pages written since the previous observe
         (the daemon then clears the bits, so two observers of one pid would share the count).
+        With ``region_nodes`` each DAMON region reports its bytes on each node, from sampled pages.
         """
         args = {"pid": pid, "ranges": [query.to_args() for query in ranges], "soft_dirty": soft_dirty,
-                "max_regions": max_regions, "pagemap_budget_pages": pagemap_budget_pages}
+                "region_nodes": region_nodes, "max_regions": max_regions,
+                "pagemap_budget_pages": pagemap_budget_pages}
         return Observation.parse(self.call("observe", args, timeout))
 
     # Acting ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 import paramiko
 
 from testbed.errors import UserError
+from testbed.guest_client import LineBuffer
 
 GUEST_HOST = "127.0.0.1"
 
@@ -133,7 +134,7 @@ class ChannelTransport:
 
     def __init__(self, channel: paramiko.Channel) -> None:
         self._channel = channel
-        self._buffer = b""
+        self._lines = LineBuffer()
 
     def send_line(self, line: bytes) -> None:
         try:
@@ -142,22 +143,11 @@ class ChannelTransport:
             raise SshError(f"guest daemon channel closed while sending: {error}") from None
 
     def recv_line(self, timeout: float) -> bytes | None:
-        """The next line without its newline; None at end of stream; TimeoutError after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no line from the guest daemon within {timeout:.1f} s")
-            self._channel.settimeout(remaining)
-            try:
-                chunk = self._channel.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
-                return None
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line
+        return self._lines.next_line(self._receive, timeout)
+
+    def _receive(self, timeout: float) -> bytes:
+        self._channel.settimeout(timeout)  # paramiko raises socket.timeout, which is TimeoutError
+        return bytes(self._channel.recv(65536))
 
     def close(self) -> None:
         self._channel.close()

@@ -38,6 +38,8 @@ SWAPPED = 1 << 62
 NODES = {0: (4 * GIB, 3 * GIB, "0-1", 4, 80), 1: (4 * GIB, 2 * GIB, "2-3", 4, 130), 2: (8 * GIB, 6 * GIB, "", 22, 250)}
 DISTANCES = {0: "10 20 26", 1: "20 10 26", 2: "26 26 10"}
 BLOCK_SIZE = 128 * MIB
+# DAMON sysfs files whose value is a count of subdirectories to create.
+COUNTERS = ("nr_kdamonds", "nr_contexts", "nr_targets", "nr_regions", "nr_schemes", "nr_filters")
 
 
 def write(root: Path, relative: str, text: str) -> None:
@@ -139,7 +141,7 @@ class FakeKernel(Kernel):
             self._command(path.parent, text)
             return
         super().write(relative, text)
-        if path.name.startswith("nr_"):
+        if path.name in COUNTERS:
             for index in range(int(text)):
                 self._make(path.parent, path.name, str(index))
 
@@ -158,10 +160,14 @@ class FakeKernel(Kernel):
                             "targets/nr_targets": "0", "schemes/nr_schemes": "0"},
             "nr_targets": {"pid_target": "0", "regions/nr_regions": "0"},
             "nr_regions": {"start": "0", "end": "0"},
+            "nr_filters": {"type": "anon", "matching": "N", "memcg_path": "", "addr_start": "0", "addr_end": "0",
+                           "target_idx": "0"},
             "nr_schemes": {"action": "stat", "target_nid": "0", "apply_interval_us": "0",
                            **{f"access_pattern/{kind}/{bound}": "0" for kind in ("sz", "nr_accesses", "age")
                               for bound in ("min", "max")},
                            **{f"quotas/{key}": "0" for key in ("ms", "bytes", "reset_interval_ms")},
+                           **{f"quotas/weights/{key}_permil": "0" for key in ("sz", "nr_accesses", "age")},
+                           "filters/nr_filters": "0",
                            **{f"stats/{key}": "0" for key in ("nr_tried", "sz_tried", "nr_applied", "sz_applied",
                                                               "qt_exceeds")},
                            "tried_regions/total_bytes": "0"},

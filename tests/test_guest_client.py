@@ -140,11 +140,18 @@ def test_damon_regions_and_damos_through_the_client(client: GuestClient, guests:
     assert damon is not None
     assert [(region.id, region.nr_accesses, region.written_pages) for region in damon.regions] == [
         (0, 3, 0), (1, 0, 0)]
+    assert damon.regions[0].nodes is None and damon.regions[0].sampled_pages is None
     moved = client.migrate(PID, 2, 1 << 20, regions=[1], observation=damon.observation)
     assert moved.moved_pages == 24
-    info = client.damos([Scheme("migrate_hot", target_node=0, nr_accesses=(5, 100))], nodes=[2])
+    placed = client.observe(PID, region_nodes=True).damon
+    assert placed is not None
+    assert [(region.sampled_pages, region.nodes) for region in placed.regions] == [
+        (8, {0: 8 * 4096}), (24, {2: 24 * 4096})]
+    info = client.damos([Scheme("migrate_hot", target_node=0, nr_accesses=(5, 100), nodes=(2,)),
+                         Scheme("migrate_cold", target_node=2, nodes=(0,))])
+    assert info.nodes == (0, 2)
     report = client.damos_stop(info.id)
-    assert report.schemes[0].action == "migrate_hot"
+    assert [scheme.action for scheme in report.schemes] == ["migrate_hot", "migrate_cold"]
     assert report.schemes[0].stats["nr_applied"] == 12
 
 

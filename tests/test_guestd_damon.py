@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from guestd_fake import FIRST_KDAMOND_PID, KDAMONDS, TRACEFS, FakeGuest, FakeProcess, aggregated_lines
 
+from guest.guestd.process import PAGE_SIZE
 from guest.guestd.tracefs import Region, TraceTail, last_complete_aggregation
 
 PID = 4242
@@ -61,6 +63,22 @@ def test_the_tail_keeps_whole_lines_within_its_capacity(tmp_path: Path) -> None:
     assert snapshot is not None and snapshot.regions == REGIONS
     assert len(tail._buffer) <= 2 * 50 * 160 + (1 << 16)
     assert tail._buffer.startswith(b"       kdamond")  # cut at a line boundary
+
+
+def test_a_busy_trace_pipe_ends_a_drain_and_keeps_what_was_read(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = aggregated_lines(REGIONS, 9000, 2.0).encode()
+    reads: Iterator[bytes | OSError] = iter([lines, OSError(errno.EBUSY, "Device or resource busy")])
+
+    def read(_fd: int, _size: int) -> bytes:
+        result = next(reads, b"")
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    monkeypatch.setattr(os, "read", read)
+    snapshot = TraceTail(-1, max_regions=10).snapshot()
+    assert snapshot is not None and snapshot.regions == REGIONS
 
 
 @pytest.fixture
@@ -243,3 +261,69 @@ def test_the_slot_of_an_exited_process_is_reused(guest: FakeGuest, tmp_path: Pat
     shutil.rmtree(tmp_path / f"proc/{PID + 10}")  # the process exits and its kdamond stops by itself
     (tmp_path / f"{KDAMONDS}/0/state").write_text("off\n")
     assert guest.result("watch", pid=PID)["kdamond"] == 0
+
+
+def test_damos_schemes_on_different_nodes_run_on_kdamonds_of_their_own(guest: FakeGuest, tmp_path: Path) -> None:
+    info = guest.result("damos", schemes=[
+        {"action": "migrate_hot", "target_node": 0, "nodes": [1, 2], "nr_accesses": [2, 100],
+         "quota_bytes": 32 << 20, "quota_weights": [0, 1000, 1000], "young": True},
+        {"action": "migrate_cold", "target_node": 2, "nodes": [0], "young": False},
+        {"action": "stat", "nodes": [2, 1]},  # the same memory as the first: the same kdamond
+    ])
+    assert [kdamond["nodes"] for kdamond in info["kdamonds"]] == [[1, 2], [0]]
+    assert [scheme["nodes"] for scheme in info["schemes"]] == [[1, 2], [0], [1, 2]]
+    slow, fast = (tmp_path / f"{KDAMONDS}/{kdamond['kdamond']}/contexts/0" for kdamond in info["kdamonds"])
+    assert info["id"] == info["kdamonds"][0]["kdamond"]
+    # Each kdamond watches only its nodes' memory blocks: node 0 has blocks 0-3, nodes 1 and 2 blocks 4-15.
+    assert [(context / "targets/0/regions/0/start").read_text() for context in (slow, fast)] == [
+        str(4 * 128 << 20), "0"]
+    assert [(context / "schemes/nr_schemes").read_text() for context in (slow, fast)] == ["2", "1"]
+    assert (slow / "schemes/1/action").read_text() == "stat"
+    assert (slow / "schemes/0/quotas/weights/nr_accesses_permil").read_text() == "1000"
+    assert (fast / "schemes/0/quotas/weights/nr_accesses_permil").read_text() == "0"
+    # Young pages only, by excluding the others; and the other way round.
+    assert [(slow / f"schemes/0/filters/0/{name}").read_text() for name in ("type", "matching")] == ["young", "N"]
+    assert (fast / "schemes/0/filters/0/matching").read_text() == "Y"
+    assert (slow / "schemes/1/filters/nr_filters").read_text() == "0"
+    (slow / "schemes/1/stats/nr_tried").write_text("7\n")
+    (fast / "schemes/0/stats/nr_tried").write_text("5\n")
+    report = guest.result("damos_stop", id=info["id"])
+    assert [scheme["stats"]["nr_tried"] for scheme in report["schemes"]] == [0, 5, 7]  # in request order
+    assert guest.kernel.running_kdamonds() == []
+
+
+def test_damos_that_cannot_start_all_its_kdamonds_leaves_none_running(guest: FakeGuest) -> None:
+    for offset in range(3):
+        guest.add_process(FakeProcess(PID + 10 + offset, [(HEAP, HEAP + 0x1000)], {0: 1}))
+        guest.result("watch", pid=PID + 10 + offset)
+    code, _ = guest.error("damos", schemes=[{"action": "migrate_hot", "target_node": 0, "nodes": [2]},
+                                            {"action": "migrate_cold", "target_node": 2, "nodes": [0]}])
+    assert code == "EBUSY"
+    assert len(guest.kernel.running_kdamonds()) == 3
+
+
+def test_observe_samples_where_each_regions_pages_are_in_one_query(guest: FakeGuest, tmp_path: Path) -> None:
+    guest.result("watch", pid=PID)
+    [instance] = os.listdir(tmp_path / f"{TRACEFS}/instances")
+    (tmp_path / f"{TRACEFS}/instances/{instance}/trace_pipe").write_text(
+        aggregated_lines(REGIONS, FIRST_KDAMOND_PID, 1.0))
+    # Region 0 (4 pages) on node 0, region 1 (12 pages) never touched, region 2 (16 pages) half on node 2.
+    guest.syscalls.pages[PID] = {
+        **{HEAP + page * PAGE_SIZE: 0 for page in range(4)},
+        **{HEAP + 0x10000 + page * PAGE_SIZE: 0 for page in range(8)},
+        **{HEAP + 0x18000 + page * PAGE_SIZE: 2 for page in range(8)},
+    }
+    before = guest.syscalls.calls
+    damon = guest.result("observe", pid=PID, soft_dirty=False, region_nodes=True)["damon"]
+    assert guest.syscalls.calls == before + 1
+    assert damon["columns"][-1] == "sampled_pages"
+    assert [row[-1] for row in damon["regions"]] == [4, 12, 16]
+    assert damon["region_nodes"] == [{"0": 4 * PAGE_SIZE}, {}, {"0": 8 * PAGE_SIZE, "2": 8 * PAGE_SIZE}]
+    # Sampled within the budget: 2 pages a region, spread so each half of region 2 gets one.
+    sampled = guest.result("observe", pid=PID, soft_dirty=False, region_nodes=True,
+                           region_nodes_budget_pages=6)["damon"]
+    assert [row[-1] for row in sampled["regions"]] == [2, 2, 2]
+    assert sampled["region_nodes"] == damon["region_nodes"]
+    plain = guest.result("observe", pid=PID, soft_dirty=False)["damon"]
+    assert plain["region_nodes"] is None
+    assert "sampled_pages" not in plain["columns"]

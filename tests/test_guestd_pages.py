@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from guestd_fake import PRESENT, SOFT_DIRTY, SWAPPED, FakeGuest, FakeKernel, FakeProcess, build_tree
 
-from guest.guestd.pages import AddressRange, migrate, status_name
-from guest.guestd.process import PAGE_SIZE, Process, page_counts, unmapped_part
+from guest.guestd.pages import AddressRange, migrate, spread_pages, status_name
+from guest.guestd.process import PAGE_SIZE, Process, mapped_parts, page_counts
 
 PID = 4242
 HEAP = 0x10000000
@@ -67,15 +67,27 @@ def test_large_regions_are_sampled_within_the_budget(tmp_path: Path) -> None:
     assert kernel.reads == 4
 
 
-@pytest.mark.parametrize(("start", "end", "hole"), [
-    (HEAP, HEAP + PAGE_SIZE, None),
-    (HEAP + 31 * PAGE_SIZE, HEAP + 33 * PAGE_SIZE, HEAP + 32 * PAGE_SIZE),
-    (HEAP - PAGE_SIZE, HEAP + PAGE_SIZE, HEAP - PAGE_SIZE),
-    (HEAP + 0x100000, HEAP + 0x101000, None),
+def test_region_samples_are_spread_evenly_and_bounded() -> None:
+    small = spread_pages(HEAP, HEAP + 10 * PAGE_SIZE, 64)
+    assert list(small) == [HEAP + page * PAGE_SIZE for page in range(10)]  # small regions: every page
+    large = spread_pages(HEAP, HEAP + 100 * PAGE_SIZE, 64)
+    pages = [(address - HEAP) // PAGE_SIZE for address in large]
+    assert len(pages) <= 64
+    assert pages == list(range(1, 100, 2))  # one in the middle of each 2-page share, end to end
+    assert list(spread_pages(HEAP + 100, HEAP + 100 + PAGE_SIZE, 8)) == [HEAP, HEAP + PAGE_SIZE]  # both it touches
+    assert list(spread_pages(HEAP + 100, HEAP + 100 + PAGE_SIZE, 1)) == [HEAP + PAGE_SIZE]
+
+
+@pytest.mark.parametrize(("start", "end", "parts"), [
+    (HEAP, HEAP + PAGE_SIZE, [(HEAP, HEAP + PAGE_SIZE)]),
+    (HEAP + 31 * PAGE_SIZE, HEAP + 33 * PAGE_SIZE, [(HEAP + 31 * PAGE_SIZE, HEAP + 32 * PAGE_SIZE)]),
+    (HEAP - PAGE_SIZE, HEAP + PAGE_SIZE, [(HEAP, HEAP + PAGE_SIZE)]),
+    (HEAP, HEAP + 0x101000, [(HEAP, HEAP + 32 * PAGE_SIZE), (HEAP + 0x100000, HEAP + 0x101000)]),
+    (HEAP + 40 * PAGE_SIZE, HEAP + 50 * PAGE_SIZE, []),
 ])
-def test_unmapped_part_names_the_first_hole(start: int, end: int, hole: int | None) -> None:
+def test_mapped_parts_skip_the_gaps(start: int, end: int, parts: list[tuple[int, int]]) -> None:
     mappings = [(HEAP, HEAP + HEAP_PAGES * PAGE_SIZE), (HEAP + 0x100000, HEAP + 0x101000)]
-    assert unmapped_part(mappings, start, end) == hole
+    assert mapped_parts(mappings, start, end) == parts
 
 
 @pytest.fixture
@@ -134,6 +146,22 @@ def test_pages_already_there_or_absent_cost_no_budget(guest: FakeGuest) -> None:
     assert result["failed"] == {}
 
 
+def test_a_range_over_a_gap_moves_what_is_mapped(guest: FakeGuest) -> None:
+    """DAMON regions span the gaps between mappings: the gap is skipped and counted."""
+    result = guest.result("migrate", pid=PID, node=0, budget_bytes=1 << 30,
+                          ranges=[{"start": HEAP, "length": 40 * PAGE_SIZE}])
+    assert (result["moved_pages"], result["already_on_node"], result["not_present"]) == (8, 16, 8)
+    assert result["unmapped_bytes"] == 8 * PAGE_SIZE
+
+
+def test_a_batch_already_on_the_node_is_only_queried(guest: FakeGuest) -> None:
+    before = guest.syscalls.calls
+    result = guest.result("migrate", pid=PID, node=0, budget_bytes=1 << 30,
+                          ranges=[{"start": HEAP, "length": 16 * PAGE_SIZE}])
+    assert (result["moved_pages"], result["already_on_node"], result["not_present"]) == (0, 16, 0)
+    assert guest.syscalls.calls == before + 1
+
+
 def test_migrate_counts_failures_by_errno(guest: FakeGuest) -> None:
     guest.syscalls.full_nodes.add(1)
     result = guest.result("migrate", pid=PID, node=1, budget_bytes=1 << 30,
@@ -161,8 +189,8 @@ def test_migrate_by_region_ids_needs_a_current_observation(guest: FakeGuest) -> 
     ({"pid": 999, "node": 2}, "ESRCH", "pid 999"),
     ({"node": 7}, "ENODEV", "node 7"),
     ({"node": 2, "budget_bytes": 0}, "EINVAL", "migrate.budget_bytes"),
-    ({"node": 2, "ranges": [{"start": HEAP + 31 * PAGE_SIZE, "length": 2 * PAGE_SIZE}]}, "EFAULT",
-     f"ranges[0] {HEAP + 31 * PAGE_SIZE:#x}+0x2000 is not mapped at {HEAP + 32 * PAGE_SIZE:#x}"),
+    ({"node": 2, "ranges": [{"start": HEAP + 40 * PAGE_SIZE, "length": 2 * PAGE_SIZE}]}, "EFAULT",
+     f"ranges[0] {HEAP + 40 * PAGE_SIZE:#x}+0x2000 is not mapped at all"),
     ({"node": 2, "ranges": []}, "EINVAL", "give 'ranges' or 'regions'"),
     ({"node": 2, "ranges": [{"start": HEAP, "length": 1, "extra": 1}]}, "EINVAL", "migrate.ranges[0].extra"),
 ])

@@ -14,8 +14,8 @@ from typing import BinaryIO
 from . import PROTOCOL_VERSION
 from .damon import MAX_UINT, MAX_ULONG, Damon, Monitoring, Scheme, Watch
 from .kernel import Kernel, format_id_list, parse_id_list
-from .pages import AddressRange, RangeQuery, migrate, query_chunks
-from .process import PAGE_SIZE, Process, page_counts, unmapped_part
+from .pages import AddressRange, RangeQuery, migrate, query_chunks, region_node_bytes
+from .process import PAGE_SIZE, Process, mapped_parts, page_counts
 from .protocol import (
     MAX_LINE_BYTES,
     Args,
@@ -53,10 +53,15 @@ MAX_QUERY_PAGES = 1 << 22  # per observed range; a larger stride samples bigger 
 MAX_QUERY_CHUNKS = 1 << 16
 MAX_OBSERVED_REGIONS = 100_000
 DEFAULT_PAGEMAP_BUDGET = 1 << 18  # pagemap entries per observation (2 MiB read)
+# Where regions' pages are: 64 samples put a region's share on a node within about ±6%
+# (one standard error at worst), and 16k pages keep the one move_pages query short.
+DEFAULT_REGION_NODE_PAGES = 64
+DEFAULT_REGION_NODE_BUDGET = 1 << 14
 SCHEME_ACTIONS = ("migrate_hot", "migrate_cold", "pageout", "lru_prio", "lru_deprio", "stat")  # paddr in 6.12
 MEMORY_POLICIES = ("interleave", "membind", "preferred")
 REGION_COLUMNS = ("id", "start", "end", "nr_accesses", "age")
 PAGE_COLUMNS = ("resident_pages", "written_pages")
+NODE_COLUMNS = ("sampled_pages",)
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Args], JsonObject]
@@ -71,9 +76,25 @@ class Observation:
 
 
 @dataclass(frozen=True)
-class DamosRun:
+class SchemeKdamond:
+    """A paddr kdamond running the schemes of one ``damos`` request that act on the same nodes."""
+
     slot: int
-    schemes: list[Scheme]
+    pid: int
+    nodes: tuple[int, ...]
+    indexes: list[int]  # into the request's schemes, in the kdamond's order
+
+
+@dataclass(frozen=True)
+class DamosRun:
+    """The schemes of one ``damos`` request, named by its first kdamond's slot."""
+
+    schemes: list[Scheme]  # in request order
+    kdamonds: list[SchemeKdamond]
+
+    @property
+    def id(self) -> int:
+        return self.kdamonds[0].slot
 
 
 class Daemon:
@@ -135,7 +156,8 @@ class Daemon:
         """Undo what this daemon started: kdamonds, trace instances, tiering changes, runs."""
         cleanups: list[tuple[str, Callable[[], None]]] = [
             *((f"unwatch pid {pid}", partial(self._damon.unwatch, watch)) for pid, watch in self._watches.items()),
-            *((f"stop damos {slot}", partial(self._damon.slots.stop, slot)) for slot in self._damos),
+            *((f"stop damos kdamond {kdamond.slot}", partial(self._damon.slots.stop, kdamond.slot))
+              for run in self._damos.values() for kdamond in run.kdamonds),
             ("restore tiering", self._tiering.restore),
             ("stop runs", self._runs.stop_all),
         ]
@@ -205,21 +227,40 @@ class Daemon:
         return {"pid": pid, "was_watched": watch is not None}
 
     def damos(self, args: Args) -> JsonObject:
-        schemes = [self._scheme(sub) for sub in args.subs("schemes")]
         nodes = args.integers("nodes", 0, MAX_NODE, default=None)
+        if nodes is None:
+            nodes = memory_nodes(self._kernel)
+        schemes = [self._scheme(sub, nodes) for sub in args.subs("schemes")]
         monitoring = _monitoring(args)
         args.done()
         if not schemes:
             raise invalid("damos.schemes: give at least one scheme")
-        if nodes is None:
-            nodes = memory_nodes(self._kernel)
         self._forget_exited()
-        slot, kdamond_pid = self._damon.start_schemes(schemes, nodes, monitoring)
-        self._damos[slot] = DamosRun(slot, schemes)
-        return {"id": slot, "kdamond_pid": kdamond_pid, "nodes": nodes,
+        run = DamosRun(schemes, self._start_scheme_kdamonds(schemes, monitoring))
+        self._damos[run.id] = run
+        return {"id": run.id, "kdamond_pid": run.kdamonds[0].pid,
+                "nodes": sorted({node for kdamond in run.kdamonds for node in kdamond.nodes}),
+                "kdamonds": [{"kdamond": kdamond.slot, "kdamond_pid": kdamond.pid, "nodes": list(kdamond.nodes)}
+                             for kdamond in run.kdamonds],
                 "schemes": [scheme.describe() for scheme in schemes]}
 
-    def _scheme(self, args: Args) -> Scheme:
+    def _start_scheme_kdamonds(self, schemes: list[Scheme], monitoring: Monitoring) -> list[SchemeKdamond]:
+        """A kdamond for each set of nodes the schemes act on; if one cannot start, none stays on."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, scheme in enumerate(schemes):
+            groups.setdefault(tuple(scheme.nodes or ()), []).append(index)
+        started: list[SchemeKdamond] = []
+        try:
+            for nodes, indexes in groups.items():
+                slot, pid = self._damon.start_schemes([schemes[i] for i in indexes], list(nodes), monitoring)
+                started.append(SchemeKdamond(slot, pid, nodes, indexes))
+        except (OSError, GuestdError):
+            for kdamond in started:
+                self._damon.slots.stop(kdamond.slot)
+            raise
+        return started
+
+    def _scheme(self, args: Args, default_nodes: list[int]) -> Scheme:
         action = args.text("action")
         if action not in SCHEME_ACTIONS:
             raise args.error("action", f"expected one of {', '.join(SCHEME_ACTIONS)}, got {action!r}")
@@ -228,6 +269,14 @@ class Daemon:
             raise args.error("target_node", "required for migrate_hot/migrate_cold and only for them")
         if target is not None:
             require_memory_node(self._kernel, target, "damos")
+        nodes = args.integers("nodes", 0, MAX_NODE, default=default_nodes)
+        if not nodes:
+            raise args.error("nodes", "give at least one node (or leave it out for the request's nodes)")
+        for node in nodes:
+            require_memory_node(self._kernel, node, "damos")
+        weights = args.integers("quota_weights", 0, MAX_UINT, default=[0, 0, 0])
+        if len(weights) != 3:
+            raise args.error("quota_weights", f"expected [size, nr_accesses, age] per mille, got {weights}")
         scheme = Scheme(
             action, target,
             size=_pair(args, "size", MAX_ULONG), nr_accesses=_pair(args, "nr_accesses", MAX_UINT),
@@ -236,6 +285,8 @@ class Daemon:
             quota_bytes=args.integer("quota_bytes", 0, MAX_ULONG, default=0),
             quota_reset_ms=args.integer("quota_reset_ms", 0, MAX_UINT, default=0),
             apply_interval_us=args.integer("apply_interval_us", 0, MAX_UINT, default=0),
+            quota_weights=(weights[0], weights[1], weights[2]), nodes=tuple(sorted(set(nodes))),
+            young=args.boolean("young", default=None),
         )
         args.done()
         return scheme
@@ -247,8 +298,9 @@ class Daemon:
     def damos_stop(self, args: Args) -> JsonObject:
         damos = self._damos_run(args)
         report = self._damos_report(damos)
-        self._damon.slots.stop(damos.slot)
-        del self._damos[damos.slot]
+        for kdamond in damos.kdamonds:
+            self._damon.slots.stop(kdamond.slot)
+        del self._damos[damos.id]
         return {**report, "running": False}
 
     def _damos_run(self, args: Args) -> DamosRun:
@@ -260,10 +312,13 @@ class Daemon:
         return self._damos[slot]
 
     def _damos_report(self, damos: DamosRun) -> JsonObject:
-        stats = self._damon.scheme_stats(damos.slot, len(damos.schemes))
-        return {"id": damos.slot, "running": self._damon.slots.running(damos.slot),
-                "schemes": [{**scheme.describe(), "stats": scheme_stats}
-                            for scheme, scheme_stats in zip(damos.schemes, stats, strict=True)]}
+        stats: dict[int, dict[str, int]] = {}
+        for kdamond in damos.kdamonds:
+            stats.update(zip(kdamond.indexes, self._damon.scheme_stats(kdamond.slot, len(kdamond.indexes)),
+                             strict=True))
+        running = all(self._damon.slots.running(kdamond.slot) for kdamond in damos.kdamonds)
+        return {"id": damos.id, "running": running,
+                "schemes": [{**scheme.describe(), "stats": stats[index]} for index, scheme in enumerate(damos.schemes)]}
 
     # Observing -------------------------------------------------------------------------------
 
@@ -272,6 +327,7 @@ class Daemon:
         max_regions = args.integer("max_regions", 0, MAX_OBSERVED_REGIONS, default=MAX_OBSERVED_REGIONS)
         soft_dirty = args.boolean("soft_dirty", default=True)
         budget = args.integer("pagemap_budget_pages", 512, 1 << 24, default=DEFAULT_PAGEMAP_BUDGET)
+        node_sampling = _node_sampling(args)
         ranges = [_query_range(sub) for sub in args.subs("ranges")]
         args.done()
         began = time.perf_counter()
@@ -284,7 +340,7 @@ class Daemon:
         }
         watch = self._watches.get(pid)
         result["damon"] = None if watch is None else self._damon_regions(process, watch, max_regions, soft_dirty,
-                                                                          budget)
+                                                                          budget, node_sampling)
         result["ranges"] = [self._range_pages(process, query, soft_dirty, budget) for query in ranges]
         if soft_dirty:
             result["soft_dirty_since"] = self._soft_dirty_since.get(pid)
@@ -294,23 +350,31 @@ class Daemon:
         return result
 
     def _damon_regions(self, process: Process, watch: Watch, limit: int, soft_dirty: bool,
-                       budget: int) -> JsonObject:
+                       budget: int, node_sampling: NodeSampling | None) -> JsonObject:
         snapshot = self._damon.snapshot(watch)
         regions = snapshot.regions[:limit] if snapshot else ()
         self._observation_count += 1
         self._observations[process.pid] = Observation(self._observation_count, regions)
+        spans = [(region.start, region.end) for region in regions]
         rows = [[index, region.start, region.end, region.nr_accesses, region.age]
                 for index, region in enumerate(regions)]
         columns = list(REGION_COLUMNS)
         if soft_dirty:
             columns += PAGE_COLUMNS
-            counts = page_counts(process, [(region.start, region.end) for region in regions], budget)
-            for row, count in zip(rows, counts, strict=True):
+            for row, count in zip(rows, page_counts(process, spans, budget), strict=True):
                 row += [count.resident, count.written]
+        placements = None
+        if node_sampling is not None:
+            columns += NODE_COLUMNS
+            sampled, placements = region_node_bytes(self._syscalls, process.pid, spans,
+                                                    node_sampling.pages_per_region, node_sampling.budget_pages)
+            for row, pages in zip(rows, sampled, strict=True):
+                row.append(pages)
         return {
             "observation": self._observation_count, "source": watch.source,
             "running": self._damon.slots.running(watch.slot), "time": snapshot.time if snapshot else None,
             "total_regions": len(snapshot.regions) if snapshot else 0, "columns": columns, "regions": rows,
+            "region_nodes": placements,
         }
 
     def _range_pages(self, process: Process, query: RangeQuery, soft_dirty: bool, budget: int) -> JsonObject:
@@ -337,17 +401,22 @@ class Daemon:
             raise invalid(f"{what}: give 'ranges' or 'regions' (ids from the last observe)")
         process = Process(self._kernel, pid)
         require_memory_node(self._kernel, node, what)
+        # DAMON regions span the gaps between mappings, so a range is moved where it is
+        # mapped; only a range with nothing mapped at all is an error.
         mappings = process.mappings()
+        mapped: list[AddressRange] = []
         for index, area in enumerate(ranges):
-            hole = unmapped_part(mappings, area.start, area.end)
-            if hole is not None:
-                raise GuestdError("EFAULT", f"{what}: ranges[{index}] {area.describe()} is not mapped at {hole:#x}")
-        areas = ranges + self._observed_regions(pid, region_ids, observation, what)
+            parts = mapped_parts(mappings, area.start, area.end)
+            if not parts:
+                raise GuestdError("EFAULT", f"{what}: ranges[{index}] {area.describe()} is not mapped at all")
+            mapped += [AddressRange(low, high - low) for low, high in parts]
+        unmapped = sum(area.length for area in ranges) - sum(area.length for area in mapped)
+        areas = mapped + self._observed_regions(pid, region_ids, observation, what)
         free = node_free_bytes(self._kernel, node)
         if free < PAGE_SIZE:
             raise GuestdError("ENOSPC", f"{what}: node {node} has {free} bytes free")
         result = migrate(self._syscalls, pid, areas, node, min(budget, free) // PAGE_SIZE)
-        return {**result, "budget_clipped_to_free": free < budget}
+        return {**result, "unmapped_bytes": unmapped, "budget_clipped_to_free": free < budget}
 
     def _observed_regions(self, pid: int, ids: list[int], observation: int | None, what: str) -> list[AddressRange]:
         if not ids:
@@ -419,6 +488,23 @@ class Daemon:
         except KeyError:
             raise invalid(f"kill.signal: {name!r} is not a signal name (such as TERM, KILL, INT)") from None
         return self._runs.kill(run_id, signum)
+
+
+@dataclass(frozen=True)
+class NodeSampling:
+    """How observe samples where each DAMON region's pages are."""
+
+    pages_per_region: int
+    budget_pages: int
+
+
+def _node_sampling(args: Args) -> NodeSampling | None:
+    wanted = args.boolean("region_nodes", default=False)
+    sampling = NodeSampling(
+        args.integer("region_nodes_pages", 1, 1 << 12, default=DEFAULT_REGION_NODE_PAGES),
+        args.integer("region_nodes_budget_pages", 1, 1 << 20, default=DEFAULT_REGION_NODE_BUDGET),
+    )
+    return sampling if wanted else None
 
 
 def _monitoring(args: Args) -> Monitoring:

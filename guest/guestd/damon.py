@@ -54,7 +54,11 @@ class Monitoring:
 
 @dataclass(frozen=True)
 class Scheme:
-    """One DAMOS scheme.  Access-pattern maxima default to "anything": the kernel's default is 0."""
+    """One DAMOS scheme.  Access-pattern maxima default to "anything": the kernel's default is 0.
+
+    ``nodes`` names the memory the scheme acts on; schemes with different nodes run
+    on kdamonds of their own, so a quota ranks only the regions the scheme may act on.
+    """
 
     action: str
     target_node: int | None = None
@@ -65,6 +69,13 @@ class Scheme:
     quota_bytes: int = 0
     quota_reset_ms: int = 0
     apply_interval_us: int = 0  # 0: every aggregation interval
+    # Per mille weights of size, access frequency and age in ranking regions once the
+    # quota binds; all 0 (the kernel's default) ranks every region the same.
+    quota_weights: tuple[int, int, int] = (0, 0, 0)
+    nodes: tuple[int, ...] | None = None  # None: the nodes of the damos request
+    # A page-level check when the action applies: True acts only on pages accessed since
+    # DAMON last looked, False only on the others (a "young" filter); None on every page.
+    young: bool | None = None
 
     def settings(self, index: int) -> Settings:
         base = f"{CONTEXT}/schemes/{index}"
@@ -80,10 +91,21 @@ class Scheme:
             (f"{base}/quotas/ms", self.quota_ms),
             (f"{base}/quotas/bytes", self.quota_bytes),
             (f"{base}/quotas/reset_interval_ms", self.quota_reset_ms),
+            *((f"{base}/quotas/weights/{name}_permil", weight)
+              for name, weight in zip(("sz", "nr_accesses", "age"), self.quota_weights, strict=True)),
+            *self._young_filter(f"{base}/filters"),
         ]
 
+    def _young_filter(self, filters: str) -> Settings:
+        if self.young is None:
+            return [(f"{filters}/nr_filters", 0)]
+        # A 6.12 filter excludes the pages for which "is young" equals "matching".
+        return [(f"{filters}/nr_filters", 1), (f"{filters}/0/type", "young"),
+                (f"{filters}/0/matching", "N" if self.young else "Y")]
+
     def describe(self) -> JsonObject:
-        return {"action": self.action, "target_node": self.target_node}
+        return {"action": self.action, "target_node": self.target_node,
+                "nodes": list(self.nodes) if self.nodes is not None else None}
 
 
 def schemes_settings(schemes: list[Scheme]) -> Settings:

@@ -101,18 +101,9 @@ class Process:
             raise self.gone() from None
 
 
-def unmapped_part(mappings: Sequence[tuple[int, int]], start: int, end: int) -> int | None:
-    """The first address in [start, end) no mapping covers, or None if all of it is mapped."""
-    position = start
-    for low, high in mappings:
-        if high <= position:
-            continue
-        if low > position:
-            return position
-        position = high
-        if position >= end:
-            return None
-    return position if position < end else None
+def mapped_parts(mappings: Sequence[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """The parts of [start, end) that mappings cover, in address order."""
+    return [(max(low, start), min(high, end)) for low, high in mappings if low < end and start < high]
 
 
 class PageCounts(NamedTuple):

@@ -18,6 +18,7 @@ only (no parsing), so it costs the guest almost nothing between observations.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -103,6 +104,12 @@ class TraceTail:
                     chunk = os.read(self._fd, READ_CHUNK)
                 except BlockingIOError:
                     return
+                except OSError as error:
+                    # trace_pipe also says EBUSY when its formatted line buffer has nothing left
+                    # to copy (seq_buf_to_user): nothing more to read for now, like EAGAIN.
+                    if error.errno == errno.EBUSY:
+                        return
+                    raise
                 if not chunk:
                     return
                 self._buffer += chunk
