@@ -484,6 +484,11 @@ class OutputReader:
             return None
         raise self._error(f"unexpected line type {kind!r}")
 
+    @property
+    def finished(self) -> bool:
+        """memtouch has printed its 'done' line."""
+        return self._finished
+
     def result(self) -> GroundTruth:
         if self._header is None:
             raise MemtouchOutputError("memtouch printed no 'regions' line")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import struct
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -248,3 +250,18 @@ def test_extreme_values_accepted_by_the_parser_are_accepted_by_memtouch(memtouch
     result = subprocess.run([str(memtouch), "--check"], input=memtouch_input(spec), capture_output=True, text=True,
                             timeout=10, check=False)
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_linger_keeps_the_memory_mapped_until_a_signal(memtouch: Path) -> None:
+    spec = workload(region("a", "uniform", 100))
+    process = subprocess.Popen([str(memtouch), "--linger"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdin and process.stdout
+    process.stdin.write(memtouch_input(spec))
+    process.stdin.close()
+    lines = [process.stdout.readline() for _ in range(4)]  # regions, two epochs, done
+    assert '"type":"done"' in lines[-1]
+    time.sleep(0.2)
+    assert process.poll() is None  # still there, memory still mapped
+    process.terminate()
+    assert process.wait(timeout=10) == -signal.SIGTERM

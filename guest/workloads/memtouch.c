@@ -8,8 +8,9 @@
  * and runs unchanged in the guest.
  *
  *   build: gcc -std=c11 -O2 -static -ffp-contract=off -Wall -Wextra -Werror -o memtouch memtouch.c
- *   run:   memtouch [--check] [SPEC | -]   (the spec from stdin without an argument or with "-";
- *                                           --check only validates it)
+ *   run:   memtouch [--check | --linger] [SPEC | -]   (the spec from stdin without an argument or
+ *          with "-"; --check only validates it; --linger keeps the regions mapped after the last
+ *          epoch until a signal ends the program, so an observer that is behind can still look)
  *
  * INPUT: written by testbed/workload.py. One statement per line, a keyword and
  * key=value pairs; '#' starts a comment.
@@ -720,9 +721,10 @@ static void run(struct spec *spec)
 int main(int argc, char **argv)
 {
 	bool check_only = argc > 1 && !strcmp(argv[1], "--check");
-	int first = check_only ? 2 : 1;
+	bool linger = argc > 1 && !strcmp(argv[1], "--linger");
+	int first = check_only || linger ? 2 : 1;
 	if (argc > first + 1 || (argc == first + 1 && argv[first][0] == '-' && argv[first][1])) {
-		fprintf(stderr, "usage: memtouch [--check] [SPEC | -]\n");
+		fprintf(stderr, "usage: memtouch [--check | --linger] [SPEC | -]\n");
 		return 2;
 	}
 	const char *path = argc == first + 1 ? argv[first] : "-";
@@ -738,5 +740,9 @@ int main(int argc, char **argv)
 	set_up(&spec);
 	print_regions(&spec);
 	run(&spec);
-	return fflush(stdout) ? 1 : 0;
+	if (fflush(stdout))
+		return 1;
+	while (linger)
+		pause();
+	return 0;
 }
