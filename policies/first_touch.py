@@ -1,0 +1,12 @@
+"""``first-touch``: Linux's default placement. A page stays on the node of the CPU that first wrote it."""
+
+from __future__ import annotations
+
+from policies.base import Action, Observation, Policy
+
+
+class FirstTouch(Policy):
+    name = "first-touch"
+
+    def decide(self, observation: Observation) -> list[Action]:
+        return []

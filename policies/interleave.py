@@ -1,0 +1,17 @@
+"""``interleave``: the workload's pages spread round-robin over every node from the start (numactl), then left."""
+
+from __future__ import annotations
+
+from policies.base import Action, Observation, Policy, PolicyContext, Setup
+from testbed.guest_client import MemoryPolicy
+
+
+class Interleave(Policy):
+    name = "interleave"
+
+    def setup(self, context: PolicyContext) -> Setup:
+        return Setup(memory=MemoryPolicy("interleave", "all"),
+                     notes=("pages interleaved over all nodes at allocation (numactl --interleave=all)",))
+
+    def decide(self, observation: Observation) -> list[Action]:
+        return []

@@ -1,0 +1,89 @@
+"""Policy names, as experiments list them, and how to make each policy.
+
+``make_policy(name, options)`` builds a policy that runs in the VM. Bounds
+(``BOUNDS``) are known names too, but they are computed from a run's ground
+truth afterwards, not run: the runner skips them here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TypeVar
+
+from policies.backend import BackendPolicy, BackendSettings
+from policies.base import Policy, PolicyKind
+from policies.damos import Damos, DamosSettings
+from policies.first_touch import FirstTouch
+from policies.hot_cold import HotCold, HotColdSettings
+from policies.interleave import Interleave
+from policies.kernel_tiering import KernelTiering
+from policies.llamas import LlamasPolicy
+from policies.llamas_direct import DirectSettings, LlamasDirectPolicy
+from testbed.errors import UserError
+
+S = TypeVar("S")
+Options = Mapping[str, object]
+Factory = Callable[[Options], Policy]
+
+
+def _plain(policy: Callable[[], Policy]) -> Factory:
+    """A policy without options."""
+    def make(options: Options) -> Policy:
+        if options:
+            raise ValueError(f"takes no options, got {sorted(options)}")
+        return policy()
+
+    return make
+
+
+def _tunable(policy: Callable[[S], Policy], settings: Callable[..., S]) -> Factory:
+    """A policy whose options are the numeric fields of its ``settings`` (defaults for those not given)."""
+    def make(options: Options) -> Policy:
+        known = sorted(inspect.signature(settings).parameters)
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"unknown options {unknown} (known: {', '.join(known)})")
+        not_numbers = sorted(key for key, value in options.items()
+                             if isinstance(value, bool) or not isinstance(value, int | float))
+        if not_numbers:
+            raise ValueError(f"options {not_numbers} must be numbers")
+        return policy(settings(**options))
+
+    return make
+
+
+POLICIES: Mapping[str, Factory] = MappingProxyType({
+    FirstTouch.name: _plain(FirstTouch),
+    Interleave.name: _plain(Interleave),
+    KernelTiering.name: _plain(KernelTiering),
+    Damos.name: _tunable(Damos, DamosSettings),
+    HotCold.name: _tunable(HotCold, HotColdSettings),
+    LlamasPolicy.name: _tunable(lambda settings: LlamasPolicy(settings=settings), BackendSettings),
+    LlamasDirectPolicy.name: _tunable(lambda direct: LlamasDirectPolicy(direct=direct), DirectSettings),
+    BackendPolicy.name: _tunable(BackendPolicy, BackendSettings),  # the backend alone on HMAT: an ablation
+})
+BOUNDS = frozenset({"oracle"})  # computed offline from the runs' ground truth (policies/oracle.py)
+
+
+def known_policies() -> list[str]:
+    return sorted({*POLICIES, *BOUNDS})
+
+
+def policy_kind(name: str) -> PolicyKind:
+    """BOUND for a bound; otherwise the kind the policy declares."""
+    return PolicyKind.BOUND if name in BOUNDS else make_policy(name).kind
+
+
+def make_policy(name: str, options: Options | None = None) -> Policy:
+    """The policy called ``name``, built with ``options``; a UserError names what is wrong."""
+    factory = POLICIES.get(name)
+    if factory is None:
+        if name in BOUNDS:
+            raise UserError(f"{name!r} is a bound computed from the runs' ground truth, not a policy to run")
+        raise UserError(f"unknown policy {name!r} (known: {', '.join(known_policies())})")
+    try:
+        return factory(options or {})
+    except ValueError as error:
+        raise UserError(f"policy {name!r}: {error}") from None
