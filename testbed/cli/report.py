@@ -1,0 +1,28 @@
+"""The report command: re-render an experiment's summary, report and plots from its run directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from testbed.report import result_table, summarize
+from testbed.score import ORACLE
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = commands.add_parser("report", help="recompute summary.json, report.md and plots/ of a run directory "
+                                 "from its files alone, and print the result table")
+    report.add_argument("run_dir", metavar="DIR", type=Path, help="a run directory (llamas run writes one)")
+    report.add_argument("--no-plots", action="store_true", help="skip the PNG plots (faster)")
+    report.set_defaults(handler=report_command)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    summary = summarize(args.run_dir, with_plots=not args.no_plots)
+    print(result_table(summary))
+    oracle = summary.policies[ORACLE]
+    if "solve_seconds" in oracle.usage:
+        print(f"\noracle: {oracle.usage['solve_seconds']:.2f} s to solve")
+    print(f"\nwritten: {args.run_dir / 'summary.json'}, {args.run_dir / 'report.md'}"
+          + ("" if args.no_plots else f", {args.run_dir / 'plots'}/"))
+    return 0

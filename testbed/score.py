@@ -1,0 +1,233 @@
+"""The score of a run: modeled memory time (DESIGN.md §5), its lower bound and the oracle.
+
+On a machine without the real devices, wall-clock time cannot show what a
+placement is worth, so a run is scored by what its accesses would have cost:
+
+- **access time**: for every epoch and chunk, the chunk's ground-truth reads
+  times the read latency plus its writes times the write latency of the
+  node(s) its pages were on, each node weighted by the chunk's sampled
+  residency share. Latencies are those seen from node 0's CPUs (where the
+  workload runs): the device's own, plus the cross-socket link for a remote
+  node. A device with a latency model (RAT) is charged at the chunk's access
+  rate, (reads + writes) per 4 KiB page per second. A chunk with no sampled
+  pages in an epoch (which should not happen) is charged as if it were on its
+  slowest node, and listed.
+- **migration time**: the bytes the kernel migrated during the run (the
+  policy's own moves and the kernel's promotions and demotions) divided by
+  the experiment's migration throughput.
+
+``modeled_time_s`` is their sum. The **lower bound** puts every chunk on its
+fastest node in every epoch, ignores capacity and charges no migration. The
+**oracle** is the best placement that respects each node's capacity, chosen
+with full knowledge of the ground truth and charged for its migrations
+(:mod:`policies.oracle`): an upper bound on what any policy can achieve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from policies.oracle import Placement, solve_placement
+from testbed.model import PAGE_SIZE, Device, System
+from testbed.timeline import EpochRecord, RegionLayout, RunStart, Timeline
+
+Array = npt.NDArray[np.float64]
+Indices = npt.NDArray[np.intp]
+Flags = npt.NDArray[np.bool_]
+
+NS = 1e-9
+ORACLE = "oracle"  # the oracle's name among the policies of a summary
+# The oracle may fill a node up to what the workload held there at the start plus
+# the node's free memory less this much. Linux keeps each node's free memory
+# above its zone watermarks (a few MiB on the catalog's 1-4 GiB nodes), and
+# during a run the guest's daemon, page tables, slab and page cache take memory
+# from the same nodes; a move into a node at its watermark makes the kernel
+# reclaim or fail the move. 64 MiB covers both; what the workload already held
+# on a node counts fully, so the run's own start is always a feasible placement.
+DEFAULT_HEADROOM = 64 * 2**20
+
+
+class TimelineError(ValueError):
+    """A run record whose contents contradict themselves (shapes, node ids)."""
+
+
+@dataclass(frozen=True)
+class RunData:
+    """A run record as arrays over epochs k, chunks c (all regions, in order) and nodes n."""
+
+    reads: Array  # [k, c]
+    writes: Array  # [k, c]
+    residency: Array  # [k, c, n]: shares of the chunk's sampled pages; all 0 where none were sampled
+    migrated_bytes: Array  # [k]
+    phases: Indices  # [k]
+    chunk_bytes: Array  # [c]
+    region_of: Indices  # [c]: index of the chunk's region
+    interval_s: float
+
+    @property
+    def epochs(self) -> int:
+        return int(self.reads.shape[0])
+
+    @property
+    def sampled(self) -> Flags:
+        """[k, c]: whether any of the chunk's pages were sampled in the epoch."""
+        return np.asarray(self.residency.sum(axis=2) > 0)
+
+    @property
+    def access_rate(self) -> Array:
+        """[k, c]: accesses per 4 KiB page per second, what a device's latency model depends on."""
+        return np.asarray((self.reads + self.writes) / (self.chunk_bytes / PAGE_SIZE) / self.interval_s)
+
+
+@dataclass(frozen=True)
+class Score:
+    access_time_s: float
+    migration_time_s: float
+    migrated_bytes: int
+    lower_bound_s: float  # every chunk on its fastest node, over this run's epochs
+    epochs: int
+    unsampled: tuple[tuple[int, int, int], ...]  # (epoch, region, chunk) charged on the slowest node
+
+    @property
+    def modeled_time_s(self) -> float:
+        return self.access_time_s + self.migration_time_s
+
+
+@dataclass(frozen=True)
+class Oracle:
+    placement: Placement
+    capacity_bytes: tuple[int, ...]  # per node
+    headroom_bytes: int
+
+    @property
+    def modeled_time_s(self) -> float:
+        return self.placement.total_s
+
+
+def run_data(timeline: Timeline, node_count: int) -> RunData:
+    """The record's epochs as arrays, checked against its start record."""
+    regions = timeline.start.regions
+    epochs = timeline.epochs
+    for record in epochs:
+        _check_epoch(record, regions, node_count)
+    chunk_bytes = np.concatenate([_chunk_bytes(region) for region in regions]) if regions else np.zeros(0)
+    region_of = np.repeat(np.arange(len(regions)), [region.chunks for region in regions])
+    return RunData(
+        reads=_per_chunk([record.reads for record in epochs], chunk_bytes.size),
+        writes=_per_chunk([record.writes for record in epochs], chunk_bytes.size),
+        residency=_residency(epochs, chunk_bytes.size, node_count),
+        migrated_bytes=np.array([record.migrated_bytes for record in epochs], dtype=float),
+        phases=np.array([record.phase for record in epochs], dtype=np.intp),
+        chunk_bytes=chunk_bytes.astype(float),
+        region_of=region_of.astype(np.intp),
+        interval_s=timeline.start.interval_s,
+    )
+
+
+def access_costs(data: RunData, system: System) -> Array:
+    """[k, c, n]: seconds the chunk's accesses of epoch k take if all its pages are on node n."""
+    initiator = system.initiator_of(0)
+    rate = data.access_rate
+    per_node = []
+    for node in system.nodes:
+        perf = system.performance(initiator, node)
+        read = _latency_ns(node.device, False, rate) + perf.read_latency_ns - node.device.read_latency_ns
+        write = _latency_ns(node.device, True, rate) + perf.write_latency_ns - node.device.write_latency_ns
+        per_node.append((data.reads * read + data.writes * write) * NS)
+    return np.stack(per_node, axis=2)
+
+
+def placed_shares(data: RunData, costs: Array) -> Array:
+    """[k, c, n]: the residency the score charges: unsampled chunks go to their slowest node."""
+    slowest = np.eye(costs.shape[2])[costs.argmax(axis=2)]
+    return np.where(data.sampled[..., None], data.residency, slowest)
+
+
+def score(data: RunData, costs: Array, throughput: float) -> Score:
+    shares = placed_shares(data, costs)
+    unsampled = np.argwhere(~data.sampled)
+    region_starts = np.searchsorted(data.region_of, np.arange(data.region_of.max(initial=-1) + 1))
+    return Score(
+        access_time_s=float((costs * shares).sum()),
+        migration_time_s=float(data.migrated_bytes.sum() / throughput),
+        migrated_bytes=int(data.migrated_bytes.sum()),
+        lower_bound_s=lower_bound_s(costs),
+        epochs=data.epochs,
+        unsampled=tuple((int(k), int(data.region_of[c]), int(c - region_starts[data.region_of[c]]))
+                        for k, c in unsampled),
+    )
+
+
+def score_run(timeline: Timeline, system: System, throughput: float) -> Score:
+    data = run_data(timeline, len(system.nodes))
+    return score(data, access_costs(data, system), throughput)
+
+
+def lower_bound_s(costs: Array) -> float:
+    """Every chunk on its fastest node in every epoch: no capacity, no migration."""
+    return float(costs.min(axis=2, initial=np.inf).sum()) if costs.size else 0.0
+
+
+def capacities(start: RunStart, node_count: int, headroom: int = DEFAULT_HEADROOM) -> Array:
+    """[n]: bytes of the workload each node may hold (see DEFAULT_HEADROOM); 0 for nodes the guest lacked."""
+    capacity = np.zeros(node_count)
+    for node in start.nodes:
+        if not 0 <= node.id < node_count:
+            raise TimelineError(f"the start record names node {node.id}; the system has nodes 0-{node_count - 1}")
+        capacity[node.id] = node.workload_bytes + max(0, node.free_bytes - headroom)
+    return capacity
+
+
+def oracle(data: RunData, costs: Array, start: RunStart, throughput: float,
+           headroom: int = DEFAULT_HEADROOM) -> Oracle:
+    """The best capacity-feasible placement, starting from the run's first measured residency."""
+    capacity = capacities(start, costs.shape[2], headroom)
+    initial = placed_shares(data, costs)[0] if data.epochs else np.zeros(costs.shape[1:])
+    placement = solve_placement(costs, data.chunk_bytes, capacity, initial, throughput, data.phases)
+    return Oracle(placement, tuple(int(value) for value in capacity), headroom)
+
+
+def _latency_ns(device: Device, write: bool, rate: Array) -> Array:
+    if device.latency_model is None:
+        return np.full(rate.shape, device.access_latency_ns(write, 0.0))
+    return np.asarray(np.vectorize(lambda r: device.access_latency_ns(write, float(r)), otypes=[float])(rate))
+
+
+def _chunk_bytes(region: RegionLayout) -> Array:
+    return np.minimum(region.chunk, region.size - np.arange(region.chunks) * region.chunk).astype(float)
+
+
+def _check_epoch(record: EpochRecord, regions: tuple[RegionLayout, ...], node_count: int) -> None:
+    for name, rows in (("reads", record.reads), ("writes", record.writes), ("residency", record.residency)):
+        if len(rows) != len(regions):
+            raise TimelineError(f"epoch {record.epoch}: {name!r} has {len(rows)} regions, the start record "
+                                f"{len(regions)}")
+        for region, row in zip(regions, rows, strict=True):
+            if len(row) != region.chunks:
+                raise TimelineError(f"epoch {record.epoch}: {name!r} of region {region.name!r} has {len(row)} "
+                                    f"chunks, the start record {region.chunks}")
+    for region, row in zip(regions, record.residency, strict=True):
+        for chunk in row:
+            for node, pages in chunk.items():
+                if not 0 <= node < node_count or pages < 0:
+                    raise TimelineError(f"epoch {record.epoch}: region {region.name!r} has {pages} pages on "
+                                        f"node {node}; the system has nodes 0-{node_count - 1}")
+
+
+def _per_chunk(per_epoch: list[tuple[tuple[int, ...], ...]], chunks: int) -> Array:
+    return np.array([[count for row in regions for count in row] for regions in per_epoch],
+                    dtype=float).reshape(len(per_epoch), chunks)
+
+
+def _residency(epochs: tuple[EpochRecord, ...], chunks: int, node_count: int) -> Array:
+    pages = np.zeros((len(epochs), chunks, node_count))
+    for k, record in enumerate(epochs):
+        flat = [chunk for region in record.residency for chunk in region]
+        for c, chunk in enumerate(flat):
+            for node, count in chunk.items():
+                pages[k, c, node] = count
+    totals = pages.sum(axis=2, keepdims=True)
+    return np.asarray(np.divide(pages, totals, out=np.zeros_like(pages), where=totals > 0))
