@@ -101,11 +101,14 @@ Action = Migrate | Place
 
 @dataclass(frozen=True)
 class RegionHint:
-    """A named buffer of the workload and what its author says about it (program-aware hints)."""
+    """A named buffer of the workload and what its author says about it (program-aware hints).
+
+    Setup runs before the workload maps its memory, so hints name buffers rather than
+    addresses; a policy places them by name with ``Setup.placement``.
+    """
 
     name: str
-    start: int
-    end: int
+    size: int
     description: str
 
 
@@ -122,6 +125,7 @@ class PolicyContext:
     workload_description: str
     hints: tuple[RegionHint, ...]  # empty unless the experiment enables program-aware hints
     run_dir: Path  # where a policy may write its own records (LLM transcripts)
+    decision_deadline_s: float = 0.5  # a decide() slower than this is skipped for the interval
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ class Setup:
     memory: MemoryPolicy | None = None  # a NUMA memory policy for the workload (numactl)
     tiering: TieringSettings | None = None  # the kernel's own tiering knobs
     damos: tuple[Scheme, ...] = ()  # DAMON-based schemes run by the kernel
-    initial: tuple[Migrate, ...] = ()  # moves to make right after the workload's first touch
+    placement: dict[str, int] = field(default_factory=dict)  # hinted buffer name -> node, applied after first touch
     notes: tuple[str, ...] = field(default=())  # things worth a line in the report
 
 

@@ -1,0 +1,637 @@
+"""The LLaMaS backend: device profiles plus DAMON observations -> page migrations, in about a millisecond.
+
+The frontend (an LLM reading device text) says what each memory is like; this
+module does the arithmetic, every interval, without an LLM.
+
+Cost model
+----------
+DAMON samples one page of each region every ``damon_sample_s`` and reports the
+share of samples that found it accessed. For accesses arriving at random at λ
+per page per second that share is 1 - exp(-λ·sample), so λ = -ln(1 - share) /
+sample (a saturated share says only "at least this often"). Writes are the
+``written_fraction`` share of those accesses, and at least the rate that
+explains that share of pages being written at all in the interval, so a region
+DAMON barely sees still shows its writes. Reads are the rest. A region's cost on
+a node, in nanoseconds of memory time per second, is
+
+    pages × (reads × read latency + writes × write latency × (1 + wear penalty if the medium wears))
+
+For a device whose latency depends on access frequency, the read latency falls
+linearly from its worst case (rate 0) to its fast case (the hot rate and
+above); writes keep their ratio to reads.
+
+Assignment
+----------
+A horizon of a few intervals turns rates into stakes: staying costs the horizon
+times the cost here; going to node n costs the horizon times the cost there
+times (1 + margin), plus the move at the migration throughput. Greedy rounds
+then give each region a node within the nodes' capacities: regions propose to
+their cheapest node, most regret per byte first (what a byte loses if it does
+not get that node); a node accepts them until it is full, and the rest propose
+to their next choice. The moves that reach that plan are made within the
+interval's budget, best gain per byte first; a move into a full node brings
+along moves out of it that the plan wants (least loss first, made before it),
+and the bundle is made only if its net gain is positive (a node below the
+kernel's headroom gets the moves out now, the move in a later interval). A
+region larger than the budget or the room moves in parts, interval after
+interval. Budget and room are counted as ``testbed.validate`` counts them, or
+more where that count is low (the rest of a move under way).
+
+Hysteresis
+----------
+The margin and the move cost keep small or short-lived gains from moving
+anything. Rates are smoothed over intervals by address, so one noisy DAMON
+sample moves nothing on its own. A region a move touched in the last few
+intervals may only go on towards where that move went, never back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from policies.base import Action, Migrate, NodeView, Observation, Policy, PolicyContext, RegionView, Setup
+from policies.frontend import DeviceProfile
+from testbed.model import PAGE_SIZE
+from testbed.validate import NODE_HEADROOM
+
+Array = npt.NDArray[np.float64]
+Array32 = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+# A choice that is not allowed. Finite, so that differences between choices stay numbers.
+FORBIDDEN = 1e30
+MIN_PART = 2 * 2**20  # a region is moved in parts no smaller than a huge page
+
+
+@dataclass(frozen=True)
+class NodeModel:
+    """What the backend knows about one node's memory."""
+
+    id: int
+    read_latency_ns: float  # a frequency-dependent device's worst case
+    write_latency_ns: float
+    wears_out: bool = False
+    hot_latency_ns: float | None = None  # frequency-dependent devices: the fast case ...
+    hot_access_rate: float | None = None  # ... for pages used at least this often per second
+
+    def __post_init__(self) -> None:
+        if not (self.read_latency_ns > 0 and self.write_latency_ns > 0):
+            raise ValueError(f"node {self.id}: latencies must be positive, got {self.read_latency_ns} ns read, "
+                             f"{self.write_latency_ns} ns write")
+        if (self.hot_latency_ns is None) != (self.hot_access_rate is None):
+            raise ValueError(f"node {self.id}: a fast case needs both its latency and its access rate")
+        if self.hot_latency_ns is not None and not 0 < self.hot_latency_ns < self.read_latency_ns:
+            raise ValueError(f"node {self.id}: the fast case ({self.hot_latency_ns} ns) must be faster than the "
+                             f"worst case ({self.read_latency_ns} ns)")
+        if self.hot_access_rate is not None and not self.hot_access_rate > 0:
+            raise ValueError(f"node {self.id}: the hot access rate must be positive, got {self.hot_access_rate}")
+
+    def read_latency_at(self, accesses_per_page_per_s: Array) -> Array | float:
+        """The read latency of pages used this often: the worst case falls linearly to the fast case."""
+        if self.hot_latency_ns is None or self.hot_access_rate is None:
+            return self.read_latency_ns
+        hotness = np.minimum(accesses_per_page_per_s / self.hot_access_rate, 1.0)
+        return self.read_latency_ns + (self.hot_latency_ns - self.read_latency_ns) * hotness
+
+    @classmethod
+    def from_profile(cls, node_id: int, profile: DeviceProfile) -> NodeModel | None:
+        """The model of a profile (HMAT already combined in); None without both latencies.
+
+        A fast case is used only when the text said the latency depends on access
+        frequency and the fast case is really faster than the worst case."""
+        read, write = profile.read_latency_ns, profile.write_latency_ns
+        if read is None or write is None:
+            return None
+        hot, rate = profile.hot_latency_ns, profile.hot_access_rate
+        fast = bool(profile.frequency_dependent_latency) and hot is not None and rate is not None and hot < read
+        return cls(node_id, read, write, wears_out=bool(profile.wears_out),
+                   hot_latency_ns=hot if fast else None, hot_access_rate=rate if fast else None)
+
+    @classmethod
+    def from_hmat(cls, view: NodeView) -> NodeModel | None:
+        """The model the guest's HMAT alone gives (no wear, no fast case: HMAT cannot say)."""
+        if view.read_latency_ns is None or view.write_latency_ns is None:
+            return None
+        return cls(view.id, view.read_latency_ns, view.write_latency_ns)
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    horizon_intervals: float = 10.0  # how long a placement is expected to pay off
+    margin: float = 0.1  # a move must beat staying by this share of its cost at the target
+    cooldown_intervals: int = 5  # a moved range stays put this many intervals
+    smoothing: float = 0.5  # the newest observation's weight in a region's rates (1: no memory)
+    migration_throughput: float = 2e9  # bytes/s: what a move costs (the score's default)
+    wear_penalty: float = 1.0  # a write to a medium that wears costs this much more
+    saturation: float = 0.99  # sampled shares above this say only "at least this often"
+    unmeasured_written_fraction: float = 0.5  # when the guest could not tell: neither side favoured
+    headroom_bytes: int = NODE_HEADROOM  # what the kernel keeps free on each node
+    max_attempts: int = 256  # moves considered per interval: bounds the decision time
+
+    def __post_init__(self) -> None:
+        checks = {"horizon_intervals": self.horizon_intervals > 0, "margin": self.margin >= 0,
+                  "cooldown_intervals": self.cooldown_intervals >= 0, "smoothing": 0 < self.smoothing <= 1,
+                  "migration_throughput": self.migration_throughput > 0, "wear_penalty": self.wear_penalty >= 0,
+                  "saturation": 0 < self.saturation < 1,
+                  "unmeasured_written_fraction": 0 <= self.unmeasured_written_fraction <= 1,
+                  "headroom_bytes": self.headroom_bytes >= 0, "max_attempts": self.max_attempts > 0}
+        wrong = [name for name, ok in checks.items() if not ok]
+        if wrong:
+            raise ValueError(f"backend settings out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in wrong)}")
+
+
+@dataclass(frozen=True)
+class RegionTable:
+    """An observation's regions as arrays, sorted by address.
+
+    Per-node arrays are [node column, region]: numpy is many times faster along
+    a long last axis than across a short one (3 nodes)."""
+
+    starts: IntArray
+    ends: IntArray
+    access_rate: Array32
+    written: Array32  # written_fraction; NaN where the guest could not tell
+    shares: Array  # [node column, region]: the share of the region's sampled pages on each node
+    placed: BoolArray  # the region's residency was sampled
+    node_ids: tuple[int, ...]
+
+    @classmethod
+    def from_regions(cls, regions: Sequence[RegionView], node_ids: Sequence[int]) -> RegionTable:
+        # One list per field: the fastest way from dataclasses to arrays (most of a decision's time).
+        starts = np.array([r.start for r in regions], dtype=np.int64)
+        homes = [r.nodes for r in regions]
+        on_node = np.zeros((len(node_ids), len(regions)))
+        for column, node in enumerate(node_ids):
+            on_node[column] = [home.get(node, 0) for home in homes]
+        sampled = on_node.sum(axis=0)
+        table = cls(starts=starts, ends=np.array([r.end for r in regions], dtype=np.int64),
+                    access_rate=np.clip(np.array([r.access_rate for r in regions], dtype=np.float32), 0, 1),
+                    written=np.array([r.written_fraction for r in regions], dtype=np.float32),  # None -> NaN
+                    shares=np.divide(on_node, sampled, out=np.zeros_like(on_node), where=sampled > 0),
+                    placed=sampled > 0, node_ids=tuple(node_ids))
+        return table if np.all(starts[1:] >= starts[:-1]) else table.subset(np.argsort(starts, kind="stable"))
+
+    def subset(self, rows: IntArray) -> RegionTable:
+        return RegionTable(self.starts[rows], self.ends[rows], self.access_rate[rows], self.written[rows],
+                           self.shares[:, rows], self.placed[rows], self.node_ids)
+
+    @property
+    def sizes(self) -> Array:
+        return (self.ends - self.starts).astype(np.float64)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def resident_in(self, start: int, end: int) -> Array:
+        """Bytes of [start, end) on each node column (an unsampled part is on none)."""
+        rows = slice(int(np.searchsorted(self.ends, start, side="right")),
+                     int(np.searchsorted(self.starts, end, side="left")))
+        overlap = np.minimum(self.ends[rows], end) - np.maximum(self.starts[rows], start)
+        return (self.shares[:, rows] * np.clip(overlap, 0, None)).sum(axis=1)  # type: ignore[no-any-return]
+
+
+def node_room(nodes: Iterable[NodeView], node_ids: Sequence[int], headroom: int) -> Array:
+    """Free bytes each node can take before the kernel's headroom, in ``node_ids`` order."""
+    free = {node.id: node.free_bytes for node in nodes}
+    return np.array([free.get(node, 0) - headroom for node in node_ids], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A move the plan wants: a window of a region, with what it changes, all prorated to the window."""
+
+    start: int
+    end: int
+    target: int  # node column
+    moving: float  # bytes that change node: what the budget and the target's room pay (as the validator counts)
+    resident: list[float]  # bytes of the window on each node column now: what the move frees there
+    gain: float  # ns over the horizon, after the move's cost; negative for a region displaced by the plan
+
+    def head(self, charge: float) -> tuple[_Candidate | None, _Candidate | None]:
+        """The leading part of the window that costs at most ``charge``, and the rest (None where empty).
+
+        A part smaller than a huge page is not worth its overhead: None then."""
+        if charge >= self.moving:
+            return self, None
+        length = int((self.end - self.start) * max(0.0, charge) / self.moving) // PAGE_SIZE * PAGE_SIZE
+        if length < MIN_PART:
+            return None, self
+        return self._part(self.start, self.start + length), self._part(self.start + length, self.end)
+
+    def _part(self, start: int, end: int) -> _Candidate:
+        share = (end - start) / (self.end - self.start)
+        return _Candidate(start, end, self.target, self.moving * share, [held * share for held in self.resident],
+                          self.gain * share)
+
+
+@dataclass
+class _Ledger:
+    """Room and budget as the interval's moves use them, in the order they will be made."""
+
+    room: list[float]
+    budget: float
+    moves: list[_Candidate] = field(default_factory=list)
+
+    def fits(self, bundle: Sequence[_Candidate]) -> bool:
+        room, budget = list(self.room), self.budget
+        for move in bundle:
+            if move.moving > budget or move.moving > room[move.target]:
+                return False
+            budget -= move.moving
+            room = self._after(room, move)
+        return True
+
+    def make(self, bundle: Sequence[_Candidate]) -> None:
+        for move in bundle:
+            self.budget -= move.moving
+            self.room = self._after(self.room, move)
+            self.moves.append(move)
+
+    @staticmethod
+    def _after(room: list[float], move: _Candidate) -> list[float]:
+        freed = [room[node] + held for node, held in enumerate(move.resident)]
+        freed[move.target] = room[move.target] - move.moving
+        return freed
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The moves from where regions are to where the assignment puts them, as arrays (one per move)."""
+
+    starts: IntArray  # where the window starts: after the part already moved, for a move under way
+    ends: IntArray
+    target: IntArray
+    home: IntArray
+    moving: Array
+    resident: Array  # [move, node column]
+    gain: Array
+
+    def order(self, budget: float, limit: int) -> tuple[list[int], dict[int, list[int]]]:
+        """The gaining moves, best gain per byte first, and by the node they leave the displaced ones, least
+        loss per byte first; only as many as the budget could make."""
+        density = self.gain / self.moving
+        gaining = np.flatnonzero(self.gain > 0)
+        gaining = gaining[_largest_first(density[gaining], limit)]
+        gaining = gaining[np.cumsum(self.moving[gaining]) <= 2 * budget + self.moving[gaining]]  # some fail
+        leaving = {}
+        for node in range(self.resident.shape[1]):
+            pool = np.flatnonzero((self.gain <= 0) & (self.home == node))
+            leaving[node] = pool[_largest_first(density[pool], limit)].tolist()
+        return gaining.tolist(), leaving
+
+    def candidate(self, index: int) -> _Candidate:
+        # Made one at a time, when needed: a Python object per region would cost more than the rest.
+        return _Candidate(int(self.starts[index]), int(self.ends[index]), int(self.target[index]),
+                          float(self.moving[index]), self.resident[index].tolist(), float(self.gain[index]))
+
+
+class _Leaving:
+    """The displaced moves out of one node, least loss first, taken whole or in part as bundles need room."""
+
+    def __init__(self, plan: _Plan, indices: list[int]) -> None:
+        self._plan = plan
+        self._indices = indices
+        self._taken: tuple[int, _Candidate | None] = (0, None)  # (how many are used up, what is left of the next)
+        self._offer: tuple[int, _Candidate | None] = self._taken
+
+    def take(self, room: float, budget: float) -> list[_Candidate]:
+        """Parts that free ``room`` bytes of the node within ``budget`` (fewer if there are not enough)."""
+        used, rest = self._taken
+        parts: list[_Candidate] = []
+        while room > 0 and (rest is not None or used < len(self._indices)):
+            if rest is None:
+                rest, used = self._plan.candidate(self._indices[used]), used + 1
+            part, rest = rest.head(min(budget, max(room, MIN_PART)))  # a last part of at least MIN_PART
+            if part is None:
+                break
+            parts.append(part)
+            room -= part.moving
+            budget -= part.moving
+        self._offer = (used, rest)
+        return parts
+
+    def commit(self) -> None:
+        """The last offer was made: what it took is used up."""
+        self._taken = self._offer
+
+
+class _RecentMoves:
+    """Ranges moved in the last few intervals. Hysteresis: a region overlapping one may only go on towards
+    where that move went (a large region moves in parts, interval after interval), never back."""
+
+    def __init__(self, cooldown: int) -> None:
+        self._cooldown = cooldown
+        self._moves: list[tuple[int, int, int, int]] = []  # (start, end, node, epoch)
+
+    def add(self, moves: Iterable[Migrate], epoch: int) -> None:
+        self._moves += [(move.start, move.end, move.node, epoch) for move in moves]
+
+    def locks(self, table: RegionTable, epoch: int) -> tuple[IntArray, IntArray]:
+        """For each region: the node a recent overlapping move went to (-1: none), and where in the region
+        that move ended (its start if not inside): the rest of a move under way starts there."""
+        self._moves = [move for move in self._moves if epoch - move[3] < self._cooldown]
+        if not self._moves:
+            return np.full(len(table), -1, dtype=np.int64), table.starts
+        moved = np.array(sorted(self._moves), dtype=np.int64)
+        reach = np.maximum.accumulate(moved[:, 1])  # the furthest end among the moves starting up to each
+        holder = np.maximum.accumulate(np.where(moved[:, 1] >= reach, np.arange(len(moved)), 0))
+        last = np.searchsorted(moved[:, 0], table.ends, side="left") - 1  # the last move starting before each end
+        found = holder[np.maximum(last, 0)]
+        overlaps = (last >= 0) & (moved[found, 1] > table.starts)
+        lock = np.where(overlaps, moved[found, 2], -1)
+        inside = overlaps & (moved[found, 1] < table.ends)
+        return lock, np.where(inside, np.maximum(moved[found, 1], table.starts), table.starts)
+
+
+class _RateHistory:
+    """Last interval's rates by address. A region's rates are blended with what its addresses showed
+    before, so one noisy sample (DAMON reports its last aggregation) does not move pages on its own."""
+
+    def __init__(self, weight: float) -> None:
+        self._weight = weight  # of the newest observation
+        self._last: tuple[IntArray, IntArray, Array, Array] | None = None
+
+    def blend(self, table: RegionTable, reads: Array, writes: Array) -> tuple[Array, Array]:
+        if self._last is not None:
+            starts, ends, old_reads, old_writes = self._last
+            middles = (table.starts + table.ends) // 2
+            before = np.searchsorted(starts, middles, side="right") - 1
+            seen = (before >= 0) & (ends[np.maximum(before, 0)] > middles)
+            reads, writes = reads.copy(), writes.copy()
+            for now, old in ((reads, old_reads), (writes, old_writes)):
+                now[seen] = self._weight * now[seen] + (1 - self._weight) * old[before[seen]]
+        self._last = (table.starts, table.ends, reads, writes)
+        return reads, writes
+
+
+class Backend:
+    """Decides migrations from node models and observations; keeps only the recent moves between calls."""
+
+    def __init__(self, models: Iterable[NodeModel], *, interval_s: float, migration_budget: int,
+                 damon_sample_s: float, settings: BackendSettings | None = None) -> None:
+        if not (interval_s > 0 and damon_sample_s > 0 and migration_budget >= 0):
+            raise ValueError(f"the backend needs a positive interval ({interval_s} s) and DAMON sample interval "
+                             f"({damon_sample_s} s) and a budget of at least 0 bytes ({migration_budget})")
+        self.models = {model.id: model for model in models}
+        self.interval_s = interval_s
+        self.migration_budget = migration_budget
+        self.damon_sample_s = damon_sample_s
+        self.settings = settings or BackendSettings()
+        self._recent = _RecentMoves(self.settings.cooldown_intervals)
+        self._history = _RateHistory(self.settings.smoothing)
+
+    def table(self, observation: Observation) -> RegionTable:
+        return RegionTable.from_regions(observation.regions, [node.id for node in observation.nodes])
+
+    def decide(self, observation: Observation) -> list[Migrate]:
+        return self.plan(self.table(observation), observation.nodes, observation.epoch)
+
+    def remember(self, moves: Iterable[Migrate], epoch: int) -> None:
+        """Moves made by someone else (the LLM in direct mode) get the same cooldown as the backend's own."""
+        self._recent.add(moves, epoch)
+
+    def rates(self, table: RegionTable) -> tuple[Array, Array]:
+        """Reads and writes per page per second of each region (see the module docstring)."""
+        # Logarithms in float32: several times faster here, and the shares are small numbers anyway.
+        # ln(1 / (1 - share)) rather than -ln(1 - share): no negative zeros.
+        saturation = np.float32(self.settings.saturation)
+        accesses = np.log(1 / (1 - np.minimum(table.access_rate, saturation))) / self.damon_sample_s
+        written = table.written
+        if np.isnan(written).any():
+            written = np.where(np.isnan(written), np.float32(self.settings.unmeasured_written_fraction), written)
+        written = np.clip(written, 0, 1)
+        writes = np.maximum(accesses * written, np.log(1 / (1 - np.minimum(written, saturation))) / self.interval_s)
+        return np.maximum(accesses - writes, 0).astype(np.float64), writes.astype(np.float64)
+
+    def costs(self, sizes: Array, reads: Array, writes: Array, node_ids: Sequence[int]) -> Array:
+        """[node, region]: nanoseconds of memory time per second, were the region on that node."""
+        pages = sizes / PAGE_SIZE
+        page_reads, page_writes = pages * reads, pages * writes
+        costs = np.empty((len(node_ids), len(sizes)))
+        for column, node in enumerate(node_ids):
+            model = self.models[node]
+            write_factor = model.write_latency_ns / model.read_latency_ns
+            if model.wears_out:
+                write_factor *= 1 + self.settings.wear_penalty
+            costs[column] = (page_reads + page_writes * write_factor) * model.read_latency_at(reads + writes)
+        return costs
+
+    def plan(self, table: RegionTable, nodes: Sequence[NodeView], epoch: int) -> list[Migrate]:
+        """The moves for this interval: the core of :meth:`decide`, on a table already built."""
+        columns = [column for column, node in enumerate(table.node_ids) if node in self.models]
+        # Regions with pages on nodes the backend cannot cost stay where they are.
+        rows = np.flatnonzero(table.placed & (table.shares[columns].sum(axis=0) > 1 - 1e-9))
+        if rows.size == 0 or len(columns) < 2:
+            return []
+        sub = table if rows.size == len(table) else table.subset(rows)
+        node_ids = [table.node_ids[column] for column in columns]
+        options = self._options(sub, columns, epoch)
+        room = node_room(nodes, node_ids, self.settings.headroom_bytes)
+        target = _assign(options.choices, sub.sizes, room + options.resident.sum(axis=1), options.home)
+        ledger = _Ledger(room.tolist(), float(self.migration_budget))
+        _schedule(options.moves_to(target, sub), ledger, self.settings.max_attempts)
+        horizon = self.settings.horizon_intervals * self.interval_s
+        actions = _merged([Migrate(move.start, move.end, node_ids[move.target], _reason(move, horizon))
+                           for move in ledger.moves])
+        self._recent.add(actions, epoch)
+        return actions
+
+    def _options(self, table: RegionTable, columns: Sequence[int], epoch: int) -> _Options:
+        """What each region would cost over the horizon on each node, moving there included."""
+        node_ids = [table.node_ids[column] for column in columns]
+        shares, sizes = table.shares[columns], table.sizes
+        resident = shares * sizes
+        reads, writes = self._history.blend(table, *self.rates(table))
+        stakes = self.settings.horizon_intervals * self.interval_s * self.costs(sizes, reads, writes, node_ids)
+        moving = sizes - resident
+        move_cost = moving * (1e9 / self.settings.migration_throughput)
+        choices = stakes * (1 + self.settings.margin * (moving > 0)) + move_cost
+        # A region a recent move touched may only go on towards where that move went (even a node the
+        # backend does not know: column len(node_ids), which no choice has).
+        lock_node, resume = self._recent.locks(table, epoch)
+        lock = np.full(len(sizes), -1, dtype=np.int64)
+        locked = np.flatnonzero(lock_node >= 0)
+        lock[locked] = [node_ids.index(n) if n in node_ids else len(node_ids) for n in lock_node[locked].tolist()]
+        choices[:, locked] = np.where(np.arange(len(node_ids))[:, None] == lock[locked], choices[:, locked], FORBIDDEN)
+        return _Options(choices, (shares * stakes).sum(axis=0), _lowest_two(-resident)[0], moving, resident, lock,
+                        resume)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Per region and node column: the stakes of each choice; per region: where it is and may go."""
+
+    choices: Array  # [node, region]: ns over the horizon if the region goes there (moving included)
+    stay: Array  # ns over the horizon if it stays as it is
+    home: IntArray  # the column holding most of it
+    moving: Array  # [node, region]: bytes that would change node
+    resident: Array  # [node, region]: its bytes on each node now
+    lock: IntArray  # the only column it may go to; -1: any
+    resume: IntArray  # where what is left of a move under way starts
+
+    def moves_to(self, target: IntArray, table: RegionTable) -> _Plan:
+        """The moves that take each region to ``target``: those that gain, and those the plan displaces.
+
+        For a move under way only what it has not moved yet is a window: it is taken to hold all the
+        region's bytes still off the target (more than the validator's prorated count, so the budget and
+        room stay true)."""
+        wanted = np.flatnonzero(self.moving[target, np.arange(len(target))] > 0)
+        to = target[wanted]
+        gain = self.stay[wanted] - self.choices[to, wanted]
+        free = self.lock[wanted] == -1
+        keep = ((to != self.home[wanted]) | (gain > 0)) & (free | (self.lock[wanted] == to))  # gather if it pays
+        wanted, to, gain, free = wanted[keep], to[keep], gain[keep], free[keep]
+        starts = np.where(free, table.starts[wanted], self.resume[wanted])
+        moving = self.moving[to, wanted]
+        off_target = np.minimum((table.ends[wanted] - starts).astype(np.float64), moving)
+        share = off_target / moving
+        window = self.resident[:, wanted].T * share[:, None]
+        window[np.arange(len(to)), to] = table.ends[wanted] - starts - off_target
+        return _Plan(starts, table.ends[wanted], to, self.home[wanted], off_target, window, gain * share)
+
+
+def _lowest_two(values: Array) -> tuple[IntArray, Array, Array]:
+    """For each column of a [node, region] array: the row of the smallest entry, it, and the next smallest.
+
+    A loop over the few rows: numpy's own argmin across a short axis is ten times slower."""
+    index = np.zeros(values.shape[1], dtype=np.int64)
+    lowest = values[0].copy()
+    second = np.full_like(lowest, FORBIDDEN)
+    for row in range(1, len(values)):
+        np.minimum(second, np.maximum(lowest, values[row]), out=second)
+        index[values[row] < lowest] = row
+        np.minimum(lowest, values[row], out=lowest)
+    return index, lowest, second
+
+
+def _largest_first(keys: Array, limit: int) -> IntArray:
+    """Indices of the ``limit`` largest keys, largest first (only those are sorted)."""
+    picks = np.argpartition(-keys, limit)[:limit] if keys.size > limit else np.arange(keys.size)
+    return picks[np.argsort(-keys[picks])]
+
+
+def _assign(choices: Array, sizes: Array, capacity: Array, home: IntArray) -> IntArray:
+    """A node column for each region within ``capacity``: greedy rounds, most regret per byte first.
+
+    Each round, waiting regions propose to their cheapest node that is not full; a node that
+    cannot take all its proposers takes them by regret per byte until it is full; the rest wait
+    for the next round. Each round fills a node, so there are at most as many rounds as nodes."""
+    target = home.copy()
+    waiting: IntArray = np.arange(sizes.size)
+    left = capacity.astype(np.float64)
+    full = np.zeros(len(capacity), dtype=np.bool_)
+    while waiting.size:
+        if full.sum() == len(full) - 1:  # one node left: no choosing, no regret
+            last = int(np.flatnonzero(~full)[0])
+            allowed = waiting[choices[last, waiting] < FORBIDDEN]
+            taken = allowed[np.cumsum(sizes[allowed]) <= left[last]]
+            target[taken] = last
+            break
+        mine = choices if waiting.size == sizes.size else choices[:, waiting]  # the first round: everyone
+        options = np.where(full[:, None], FORBIDDEN, mine) if full.any() else mine
+        best, lowest, second = _lowest_two(options)
+        regret = (second - lowest) / sizes[waiting]
+        rejected = []
+        for node in np.flatnonzero(~full).tolist():
+            proposing = (best == node) & (lowest < FORBIDDEN)
+            mine = waiting[proposing]
+            if sizes[mine].sum() > left[node]:
+                mine = mine[np.argsort(-regret[proposing])]
+                taken = int(np.searchsorted(np.cumsum(sizes[mine]), left[node], side="right"))
+                rejected.append(mine[taken:])
+                mine = mine[:taken]
+                full[node] = True
+            target[mine] = node
+            left[node] -= sizes[mine].sum()
+        waiting = np.concatenate(rejected) if rejected else waiting[:0]
+    return target  # a region that fits nowhere stays home
+
+
+def _schedule(plan: _Plan, ledger: _Ledger, max_attempts: int) -> None:
+    """Make the gaining moves in order, each with the displacements it needs, until the budget is spent.
+
+    A node whose best move in could not be made takes no lesser one this interval: they would fail the
+    same way, and trying costs time."""
+    gaining, leaving = plan.order(ledger.budget, max_attempts)
+    queues = {node: _Leaving(plan, indices) for node, indices in leaving.items()}
+    blocked: set[int] = set()
+    for index in gaining:
+        if ledger.budget < MIN_PART or len(blocked) == len(queues):
+            return
+        if int(plan.target[index]) in blocked:
+            continue
+        move = plan.candidate(index)
+        out = queues[move.target]
+        bundle, gain = _bundle(move, out, ledger)
+        if bundle and gain > 0 and ledger.fits(bundle):
+            ledger.make(bundle)
+            out.commit()
+        else:
+            blocked.add(move.target)
+
+
+def _bundle(move: _Candidate, leaving: _Leaving, ledger: _Ledger) -> tuple[list[_Candidate], float]:
+    """``move`` (or as much of it as the budget allows) after the displacements that make room for it, and
+    what they gain together. A target so full (below the kernel's headroom) that not even a part fits this
+    interval gets the displacements now and the move in a later interval."""
+    room, budget = ledger.room[move.target], ledger.budget
+    # A move into a full node pays twice from the budget: once for itself, once for what makes room.
+    affordable = budget if move.moving <= room else (budget + room) / 2
+    part = move.head(affordable)[0] if affordable > 0 else None
+    making_room = leaving.take((part or move).moving - room, budget - (part.moving if part else 0.0))
+    if part is None:
+        return making_room, sum(m.gain for m in making_room) + move.gain
+    bundle = [*making_room, part]
+    return bundle, sum(m.gain for m in bundle)
+
+
+def _reason(move: _Candidate, horizon: float) -> str:
+    gain_ms = move.gain / horizon / 1e6
+    return f"gains {gain_ms:.3g} ms/s" if move.gain > 0 else f"makes room (costs {-gain_ms:.3g} ms/s)"
+
+
+def _merged(actions: list[Migrate]) -> list[Migrate]:
+    """Consecutive moves of adjacent ranges to the same node, as one."""
+    merged: list[Migrate] = []
+    for action in actions:
+        last = merged[-1] if merged else None
+        if last is not None and last.node == action.node and last.end == action.start:
+            merged[-1] = Migrate(last.start, action.end, last.node, last.reason)
+        else:
+            merged.append(action)
+    return merged
+
+
+class BackendPolicy(Policy):
+    """The backend alone, on the HMAT the guest reports: what the numbers say without reading any text."""
+
+    name = "llamas-backend"
+
+    def __init__(self, settings: BackendSettings | None = None) -> None:
+        self.settings = settings or BackendSettings()
+        self._backend: Backend | None = None
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise RuntimeError(f"policy {self.name}: decide before setup")
+        return self._backend
+
+    def build_backend(self, context: PolicyContext, models: Mapping[int, NodeModel | None]) -> tuple[str, ...]:
+        """Make the backend for ``context``; notes for nodes it cannot cost."""
+        self._backend = Backend((m for m in models.values() if m is not None), interval_s=context.interval_s,
+                                migration_budget=context.migration_budget, damon_sample_s=context.damon_sample_s,
+                                settings=self.settings)
+        return tuple(f"node {node}: no latency known; the backend leaves its pages where they are"
+                     for node, model in models.items() if model is None)
+
+    def setup(self, context: PolicyContext) -> Setup:
+        return Setup(notes=self.build_backend(context, {n.id: NodeModel.from_hmat(n) for n in context.nodes}))
+
+    def decide(self, observation: Observation) -> list[Action]:
+        return [*self.backend.decide(observation)]

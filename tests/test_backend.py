@@ -1,0 +1,278 @@
+"""The LLaMaS backend on hand-made machines and observations: costs, capacity, budget, hysteresis."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policies.backend import Backend, BackendPolicy, BackendSettings, NodeModel, RegionTable
+from policies.base import Migrate, NodeView, Observation, PolicyContext, RegionView
+from testbed.validate import NODE_HEADROOM, validate
+
+MIB = 2**20
+SAMPLE_S = 0.005
+BUDGET = 256 * MIB
+DRAM = NodeModel(0, 80, 80)
+READOPT = NodeModel(1, 80, 800)
+RAT = NodeModel(1, 600, 600, hot_latency_ns=50, hot_access_rate=200)
+PMEM = NodeModel(1, 300, 900, wears_out=True)
+
+
+def rate_for(accesses_per_page_per_s: float) -> float:
+    """The DAMON access rate of pages used this often (the inverse of the backend's estimate)."""
+    return 1 - math.exp(-accesses_per_page_per_s * SAMPLE_S)
+
+
+def region(index: int, size_mib: int, node: int, rate: float, written: float | None = 0.0) -> RegionView:
+    start = (1 + index) * 2**30  # far apart: regions of a test never touch
+    return RegionView(index, start, start + size_mib * MIB, rate, 5, written, {node: size_mib * MIB})
+
+
+def view(node: int, free_mib: float, total_mib: int = 1024) -> NodeView:
+    return NodeView(node, total_mib * MIB, round(free_mib * MIB), (), None, None, None, None, None)
+
+
+def observe(regions: Sequence[RegionView], free_mib: Sequence[float], epoch: int = 0) -> Observation:
+    nodes = tuple(view(node, free) for node, free in enumerate(free_mib))
+    return Observation(epoch, float(epoch), 1.0, nodes, tuple(regions), {}, {})
+
+
+def backend(*models: NodeModel, budget: int = BUDGET, **settings: float) -> Backend:
+    return Backend(models, interval_s=1.0, migration_budget=budget, damon_sample_s=SAMPLE_S,
+                   settings=BackendSettings(**settings))  # type: ignore[arg-type]
+
+
+def decide(policy: Backend, observation: Observation) -> list[Migrate]:
+    """The backend's moves, which the orchestrator's validator must accept as they are."""
+    moves = policy.decide(observation)
+    verdict = validate(list(moves), observation, policy.migration_budget)
+    assert verdict.rejected == (), verdict.rejected
+    return moves
+
+
+def moved(moves: Sequence[Migrate], regions: Sequence[RegionView]) -> dict[int, int]:
+    """Region id -> the node a move sends it to."""
+    return {r.id: m.node for m in moves for r in regions if m.start <= r.start and r.end <= m.end}
+
+
+FULL = NODE_HEADROOM / MIB  # a node with this much free memory takes nothing more
+
+
+# --- the devices the paper is about -----------------------------------------------------------
+
+
+def test_read_mostly_hot_data_goes_to_read_optimised_memory_and_write_hot_data_to_dram() -> None:
+    catalog = region(0, 64, node=0, rate=0.9, written=0.0)  # read on every request, never written
+    counters = region(1, 64, node=1, rate=0.9, written=0.8)
+    regions = [catalog, counters]
+    moves = decide(backend(DRAM, READOPT), observe(regions, [FULL, 500]))
+    assert moved(moves, regions) == {catalog.id: 1, counters.id: 0}
+    assert moves[0].node == 1  # the catalog leaves first, making the room the counters need
+
+
+def test_without_pressure_read_mostly_data_may_stay_on_read_optimised_memory() -> None:
+    catalog = region(0, 64, node=1, rate=0.9, written=0.0)
+    assert decide(backend(DRAM, READOPT), observe([catalog], [500, 500])) == []
+
+
+def test_hot_data_goes_to_rat_and_rarely_used_data_to_dram() -> None:
+    dense = region(0, 4, node=0, rate=rate_for(240))  # above RAT's 200 uses per page per second: 50 ns
+    lukewarm = region(1, 64, node=0, rate=rate_for(15))  # ~560 ns on RAT: better in DRAM
+    sparse = region(2, 128, node=1, rate=rate_for(0.5))
+    regions = [dense, lukewarm, sparse]
+    assert moved(decide(backend(DRAM, RAT), observe(regions, [500, 500])), regions) == {dense.id: 1, sparse.id: 0}
+
+
+def test_without_the_fast_case_rat_looks_slow_and_gets_nothing() -> None:
+    dense = region(0, 4, node=0, rate=rate_for(240))
+    worst_case_only = NodeModel(1, 600, 600)  # what HMAT alone says
+    assert decide(backend(DRAM, worst_case_only), observe([dense], [500, 500])) == []
+
+
+def test_write_heavy_data_leaves_pmem_and_read_mostly_data_makes_room_for_it() -> None:
+    logs = region(0, 64, node=1, rate=0.5, written=0.9)
+    archive = region(1, 64, node=0, rate=0.05, written=0.0)
+    regions = [logs, archive]
+    assert moved(decide(backend(DRAM, PMEM), observe(regions, [FULL, 500])), regions) == {logs.id: 0, archive.id: 1}
+
+
+def test_wear_makes_writes_to_pmem_dearer() -> None:
+    written = region(0, 64, node=1, rate=0.5, written=0.9)
+    table = RegionTable.from_regions([written], [0, 1])
+    worn, spared = (policy.costs(table.sizes, *policy.rates(table), [1])
+                    for policy in (backend(DRAM, PMEM, wear_penalty=penalty) for penalty in (1.0, 0.0)))
+    assert worn[0, 0] > 1.5 * spared[0, 0]
+
+
+# --- capacity and budget ----------------------------------------------------------------------
+
+
+def test_only_the_hottest_regions_that_fit_are_promoted() -> None:
+    rates = [0.2, 0.9, 0.5, 0.8, 0.1]
+    regions = [region(i, 64, node=1, rate=rate) for i, rate in enumerate(rates)]
+    moves = decide(backend(DRAM, NodeModel(1, 250, 250)), observe(regions, [FULL + 130, 500]))
+    assert moved(moves, regions) == {1: 0, 3: 0}
+
+
+def test_the_budget_goes_to_the_best_gain_per_byte() -> None:
+    regions = [region(0, 64, node=1, rate=0.3), region(1, 64, node=1, rate=0.9), region(2, 32, node=1, rate=0.9)]
+    moves = decide(backend(DRAM, NodeModel(1, 250, 250), budget=100 * MIB), observe(regions, [500, 500]))
+    assert moved(moves, regions) == {1: 0, 2: 0}
+
+
+def test_a_displacement_counts_against_the_budget_and_a_large_region_moves_in_parts() -> None:
+    catalog = region(0, 64, node=0, rate=0.9, written=0.0)
+    counters = region(1, 64, node=1, rate=0.9, written=0.8)
+    moves = decide(backend(DRAM, READOPT, budget=100 * MIB), observe([catalog, counters], [FULL, 500]))
+    assert [(m.start, m.size, m.node) for m in moves] == [(catalog.start, 50 * MIB, 1), (counters.start, 50 * MIB, 0)]
+
+
+def test_a_move_under_way_goes_on_where_it_stopped_and_never_back() -> None:
+    policy = backend(DRAM, NodeModel(1, 250, 250), budget=64 * MIB)
+    big = region(0, 256, node=1, rate=0.9)
+    made: list[Migrate] = []
+    for epoch in range(6):
+        on_dram = sum(m.size for m in made)
+        rate = 0.9 if epoch < 4 else 0.001  # then it turns cold: still no way back during the cooldown
+        view = RegionView(0, big.start, big.end, rate, 5, 0.0,
+                          {node: size for node, size in ((0, on_dram), (1, big.size - on_dram)) if size})
+        made += decide(policy, observe([view], [500 - on_dram / MIB, 500], epoch))
+    assert [(m.start - big.start, m.size, m.node) for m in made] == [(i * 64 * MIB, 64 * MIB, 0) for i in range(4)]
+
+
+def test_a_swap_between_full_nodes_waits_for_room() -> None:
+    catalog = region(0, 64, node=0, rate=0.9, written=0.0)
+    counters = region(1, 64, node=1, rate=0.9, written=0.8)
+    assert decide(backend(DRAM, READOPT), observe([catalog, counters], [FULL, FULL])) == []
+
+
+# --- hysteresis -------------------------------------------------------------------------------
+
+
+def test_an_optimal_placement_makes_no_moves() -> None:
+    regions = [region(0, 64, node=0, rate=0.9, written=0.5), region(1, 256, node=1, rate=0.01)]
+    assert decide(backend(DRAM, PMEM), observe(regions, [FULL, 500])) == []
+
+
+def test_a_gain_within_the_margin_moves_nothing() -> None:
+    warm = region(0, 64, node=1, rate=0.9)
+    nearly_dram = NodeModel(1, 84, 84)  # 5% slower, less than the 10% margin
+    assert decide(backend(DRAM, nearly_dram), observe([warm], [500, 500])) == []
+    assert decide(backend(DRAM, nearly_dram, margin=0.01), observe([warm], [500, 500])) != []
+
+
+def test_a_gain_smaller_than_the_move_costs_moves_nothing() -> None:
+    barely_used = region(0, 256, node=1, rate=rate_for(0.05))
+    assert decide(backend(DRAM, NodeModel(1, 250, 250)), observe([barely_used], [500, 500])) == []
+
+
+def test_a_moved_range_stays_put_during_the_cooldown_then_may_move_again() -> None:
+    policy = backend(DRAM, NodeModel(1, 250, 250), cooldown_intervals=3)
+    hot = region(0, 64, node=1, rate=0.9)
+    assert moved(decide(policy, observe([hot], [500, 500], epoch=0)), [hot]) == {hot.id: 0}
+    # The pattern flips: now it is cold, and on DRAM, which another region needs.
+    cold_now = region(0, 64, node=0, rate=0.001)
+    rival = region(1, 64, node=1, rate=0.9)
+    for epoch in (1, 2):
+        moves = decide(policy, observe([cold_now, rival], [FULL, 500], epoch=epoch))
+        assert cold_now.id not in moved(moves, [cold_now, rival])
+    assert moved(decide(policy, observe([cold_now, rival], [FULL, 500], epoch=3)), [cold_now, rival]) == {
+        cold_now.id: 1, rival.id: 0}
+
+
+def test_noisy_rates_do_not_flip_regions_back_and_forth() -> None:
+    policy = backend(DRAM, NodeModel(1, 250, 250))
+    where = {0: 0, 1: 1}
+    moves = []
+    for epoch in range(20):
+        rates = (0.6, 0.5) if epoch % 2 else (0.5, 0.6)  # two equally warm regions trade places in DAMON's eyes
+        regions = [region(i, 64, node=where[i], rate=rates[i]) for i in (0, 1)]
+        free = [FULL + 64 - 64 * list(where.values()).count(0), 500]
+        made = moved(decide(policy, observe(regions, free, epoch)), regions)
+        where.update(made)
+        moves += [(epoch, region_id) for region_id in made]
+    assert moves == [(0, 0), (0, 1)]  # one swap on the first sample, none for the noise that follows
+
+
+# --- what the backend cannot see ---------------------------------------------------------------
+
+
+def test_a_node_without_a_model_is_left_alone() -> None:
+    hot = region(0, 64, node=2, rate=0.9)
+    cold = region(1, 64, node=0, rate=0.001)
+    moves = decide(backend(DRAM, NodeModel(1, 250, 250)), observe([hot, cold], [FULL, 500, 500]))
+    assert hot.id not in moved(moves, [hot, cold]) and all(move.node != 2 for move in moves)
+
+
+def test_an_unsampled_region_is_not_moved() -> None:
+    unsampled = RegionView(0, 2**30, 2**30 + 64 * MIB, 0.9, 5, 0.5, {})
+    assert decide(backend(DRAM, NodeModel(1, 250, 250)), observe([unsampled], [500, 500])) == []
+
+
+def test_a_split_region_is_gathered_when_it_pays() -> None:
+    half = 32 * MIB
+    split_hot = RegionView(0, 2**30, 2**30 + 2 * half, 0.9, 5, 0.5, {0: half, 1: half})
+    moves = decide(backend(DRAM, NodeModel(1, 250, 250)), observe([split_hot], [500, 500]))
+    assert [(m.start, m.end, m.node) for m in moves] == [(split_hot.start, split_hot.end, 0)]
+
+
+def test_rates_come_from_damon_samples_and_written_pages() -> None:
+    policy = backend(DRAM, READOPT)
+    regions = [region(0, 4, 0, rate_for(240), 0.0), region(1, 4, 0, 0.0, 0.5), region(2, 4, 0, rate_for(100), None)]
+    reads, writes = policy.rates(RegionTable.from_regions(regions, [0, 1]))
+    assert reads[0] == pytest.approx(240, rel=1e-3) and writes[0] == 0
+    assert writes[1] == pytest.approx(math.log(2), rel=1e-3)  # half the pages written in 1 s, unseen by DAMON
+    assert reads[2] + writes[2] == pytest.approx(100, rel=1e-3) and writes[2] == pytest.approx(50, rel=1e-3)
+
+
+def test_the_region_table_sorts_by_address_and_splits_ranges_by_residency() -> None:
+    regions = [RegionView(1, 2 * MIB, 4 * MIB, 0.5, 1, 0.0, {1: 2 * MIB}),
+               RegionView(0, 0, 2 * MIB, 0.5, 1, 0.0, {0: MIB, 1: MIB})]
+    table = RegionTable.from_regions(regions, [0, 1])
+    assert table.starts.tolist() == [0, 2 * MIB]
+    assert table.resident_in(MIB, 3 * MIB).tolist() == [MIB / 2, MIB * 1.5]
+
+
+# --- inputs and speed -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    (lambda: NodeModel(0, 0, 80), "latencies must be positive"),
+    (lambda: NodeModel(0, 600, 600, hot_latency_ns=700, hot_access_rate=200), "must be faster"),
+    (lambda: NodeModel(0, 600, 600, hot_latency_ns=50), "needs both"),
+    (lambda: BackendSettings(margin=-1, saturation=1.0), "margin=-1, saturation=1.0"),
+    (lambda: Backend([DRAM], interval_s=0, migration_budget=1, damon_sample_s=SAMPLE_S), "positive interval"),
+])
+def test_bad_input_gets_a_clear_error(model: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        model()  # type: ignore[operator]
+
+
+def test_ten_thousand_regions_are_decided_quickly() -> None:
+    rng = np.random.default_rng(1)
+    size = 160 * 1024
+    regions = [RegionView(i, i * size, (i + 1) * size, float(rng.random() ** 3), 5, float(rng.random() ** 2),
+                          {int(rng.integers(3)): size}) for i in range(10_000)]
+    policy = backend(DRAM, READOPT, NodeModel(2, 300, 900, wears_out=True), budget=64 * MIB)
+    observation = observe(regions, [600, 600, 600])
+    table = policy.table(observation)
+    started = time.perf_counter()
+    moves = policy.plan(table, observation.nodes, 0)
+    assert time.perf_counter() - started < 0.1  # generous for CI; benchmarks/backend.py measures it properly
+    assert 0 < sum(m.size for m in moves) <= 64 * MIB
+
+
+def test_the_backend_policy_costs_nodes_from_hmat_and_notes_the_rest(tmp_path: Path) -> None:
+    nodes = (NodeView(0, 2**30, 2**30, (0, 1), 4, 80, 80, 64e9, 64e9),
+             NodeView(1, 2**30, 2**30, (), None, None, None, None, None))
+    context = PolicyContext("", {0: "", 1: ""}, nodes, 1.0, 64 * MIB, SAMPLE_S, "", (), tmp_path)
+    policy = BackendPolicy()
+    with pytest.raises(RuntimeError, match="before setup"):
+        policy.decide(observe([], [500, 500]))
+    assert policy.setup(context).notes == ("node 1: no latency known; the backend leaves its pages where they are",)
+    assert policy.decide(observe([region(0, 64, node=1, rate=0.9)], [500, 500])) == []
