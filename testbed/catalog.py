@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+import yaml
+
 from testbed.errors import ConfigError
 from testbed.model import (
     MEMORY_BLOCK,
@@ -239,6 +241,17 @@ def _distances(fields: Fields, count: int) -> tuple[tuple[int, ...], ...]:
     if len(rows) != count:
         raise fields.error("distances", f"expected {count} rows (one per node), got {len(rows)}")
     return tuple(rows)
+
+
+def system_yaml(system: System) -> str:
+    """``system`` as a system file naming its devices by name (the inverse of :func:`parse_system`)."""
+    sockets = [{"cpus": len(node.cpus)} for node in system.initiators]
+    nodes = [{"device": node.device.name, "size": f"{node.size // 2**20}MiB", "socket": node.socket}
+             for node in system.nodes]
+    link = {"latency": f"{system.cross_socket.latency_ns:g}ns", "bandwidth": f"{system.cross_socket.bandwidth:g}B/s"}
+    data = {"name": system.name, "description": system.description, "sockets": sockets, "nodes": nodes,
+            "cross_socket": link, "distances": [list(row) for row in system.distances]}
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def _positive(parse: Callable[[object], float]) -> Callable[[object], float]:

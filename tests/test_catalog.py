@@ -141,3 +141,16 @@ def test_invalid_yaml_syntax_names_the_line(catalog_copy: Catalog) -> None:
 def test_unknown_system_lists_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["show", "no-such-machine"]) == 2
     assert "known: cxl-type3, dram-cxl" in capsys.readouterr().err
+
+
+def test_system_yaml_reads_back_as_the_same_machine(tmp_path: Path) -> None:
+    from testbed.catalog import parse_system, system_yaml
+    from testbed.yamlfields import load_yaml
+
+    catalog = default_catalog()
+    for system in catalog.systems():
+        path = tmp_path / f"{system.name}.yaml"
+        path.write_text(system_yaml(system))
+        again = parse_system(load_yaml(path), path, catalog)
+        assert (again.nodes, again.distances, again.cross_socket) == (system.nodes, system.distances,
+                                                                       system.cross_socket)

@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from testbed.cli import catalog, llm, vm
+from testbed.cli import catalog, experiment, guest, llm, report, vm
 from testbed.errors import UserError
 
-COMMAND_GROUPS = (catalog, vm, llm)
+COMMAND_GROUPS = (catalog, vm, guest, experiment, llm, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

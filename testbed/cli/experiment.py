@@ -1,0 +1,38 @@
+"""Commands that run experiments: run, demo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from testbed.experiment import load_experiment
+from testbed.llm_server import running_server
+from testbed.runner import default_run_dir, run_experiment
+
+DEMO_EXPERIMENT = "demo"
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser("run", help="run an experiment: every policy on the same machine and workload")
+    run.add_argument("spec", help="a name in experiments/ or a path to an experiment YAML")
+    run.add_argument("--policies", help="comma-separated policies to run instead of the spec's")
+    run.add_argument("--out", type=Path, help="run directory (default: runs/<name>-<time>)")
+    run.set_defaults(handler=run_command)
+    demo = commands.add_parser("demo", help="the main job: the demo experiment with the embedded LLM")
+    demo.add_argument("--out", type=Path, help="run directory (default: runs/demo-<time>)")
+    demo.set_defaults(handler=demo_command, spec=DEMO_EXPERIMENT, policies=None)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    experiment = load_experiment(args.spec)
+    if args.policies:
+        experiment = experiment.with_policies(tuple(name.strip() for name in args.policies.split(",")))
+    run_dir = args.out or default_run_dir(experiment)
+    with running_server():  # the embedded LLM, started only if an LLM policy is asked for and none is configured
+        run_experiment(experiment, run_dir)
+    print(f"\nrun directory: {run_dir} (report.md, summary.json, plots/)")
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    return run_command(args)

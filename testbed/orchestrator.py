@@ -1,0 +1,328 @@
+"""One policy run: boot the machine, start the workload, then each interval
+observe, decide, validate, act and record.
+
+The run is written to its timeline as it goes. Whatever ends it — the workload
+finishing, the VM dying, the channel dropping, the policy raising, Ctrl-C — the
+timeline gets an ``end`` record saying so, and the VM is taken down.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from guest.guestd.pages import AddressRange
+from policies.base import (
+    Action,
+    Migrate,
+    NodeView,
+    Observation,
+    Place,
+    Policy,
+    PolicyContext,
+    RegionHint,
+    RegionView,
+    Setup,
+)
+from testbed.errors import UserError
+from testbed.experiment import Experiment
+from testbed.guest_client import (
+    GuestClient,
+    GuestdFailure,
+    GuestError,
+    NodeInfo,
+    ResidencyQuery,
+    RunExit,
+    RunHandle,
+)
+from testbed.guest_client import Observation as GuestObservation
+from testbed.timeline import Decision, EpochRecord, NodeState, RegionLayout, RunEnd, RunStart, TimelineWriter
+from testbed.validate import validate
+from testbed.vms import Vm, up
+from testbed.workload import EpochCounts, GroundTruth, OutputReader, memtouch_input
+
+MEMTOUCH = "/opt/llamas/bin/memtouch"
+PAGE_SIZE = 4096
+MIB = 2**20
+# Slack on top of the interval before a silent workload counts as stuck.
+EPOCH_SLACK_S = 60.0
+# Seconds memtouch may take to map and first-touch its regions under TCG (~100 MiB/s).
+SETUP_TIMEOUT_S = 600.0
+# Residency is sampled: asking where every page of a GiB is costs ~3 s under TCG,
+# more than an interval; 32 pages per chunk give each chunk's split to ~3%.
+SAMPLES_PER_CHUNK = 32
+PAGEMAP_BUDGET_PAGES = 65536  # soft-dirty bits read per observation (larger regions are sampled)
+Progress = Callable[[str], None]
+
+
+class RunFailed(UserError):
+    pass
+
+
+@dataclass
+class _RunState:
+    """What the loop carries from one interval to the next."""
+
+    pid: int
+    layout: tuple[RegionLayout, ...]
+    vmstat: dict[str, int]
+    pending: concurrent.futures.Future[list[Action]] | None = None  # a late decision still running
+
+
+@dataclass(frozen=True)
+class _Proposal:
+    actions: list[Action]
+    seconds: float
+    late: bool
+
+
+def run_policy(experiment: Experiment, policy: Policy, repeat: int, out: Path, progress: Progress) -> RunEnd:
+    """Run ``policy`` once and record it in ``out/timeline.jsonl``; returns how it ended."""
+    writer = TimelineWriter(out / "timeline.jsonl")
+    epochs = 0
+    end = RunEnd("failed", "interrupted", 0)
+    vm: Vm | None = None
+    try:
+        vm = up(str(experiment.system.source), name=_vm_name(experiment, policy, repeat), log=progress)
+        with vm.guest() as guest, concurrent.futures.ThreadPoolExecutor(1) as decider:
+            run = _Run(experiment, policy, guest, decider, writer, progress)
+            for record in run.intervals(repeat, out):
+                epochs = record.epoch + 1
+        end = RunEnd("ok", None, epochs, policy.usage())
+    except KeyboardInterrupt:
+        end = RunEnd("failed", "interrupted (Ctrl-C)", epochs, policy.usage())
+        raise
+    except (GuestdFailure, UserError, OSError) as error:
+        end = RunEnd("failed", _reason(error, vm), epochs, policy.usage())
+    except Exception as error:  # a policy's own bug ends its run, not the experiment
+        end = RunEnd("failed", f"{type(error).__name__}: {error}", epochs, policy.usage())
+    finally:
+        writer.write(end)
+        writer.close()
+        if vm is not None:
+            vm.down()
+    return end
+
+
+def _vm_name(experiment: Experiment, policy: Policy, repeat: int) -> str:
+    return f"{experiment.name}-{policy.name}-r{repeat}"
+
+
+def _reason(error: BaseException, vm: Vm | None) -> str:
+    """The error, and when the VM itself died, the end of its console."""
+    if vm is not None and not vm.machine.alive():
+        return f"the VM stopped ({error}); console tail:\n{vm.console_tail(10)}"
+    return str(error)
+
+
+class _Run:
+    """The loop of one policy run, with what it needs close at hand."""
+
+    def __init__(self, experiment: Experiment, policy: Policy, guest: GuestClient,
+                 decider: concurrent.futures.ThreadPoolExecutor, writer: TimelineWriter, progress: Progress) -> None:
+        self.experiment = experiment
+        self.policy = policy
+        self.guest = guest
+        self.decider = decider
+        self.writer = writer
+        self.progress = progress
+
+    def intervals(self, repeat: int, out: Path) -> Iterator[EpochRecord]:
+        experiment, guest = self.experiment, self.guest
+        nodes = guest.nodes()
+        setup = self.policy.setup(_context(experiment, nodes, out))
+        if setup.tiering is not None:
+            guest.tiering(setup.tiering)
+        if setup.damos:
+            guest.damos(setup.damos)
+        # --linger: the workload's memory stays mapped after its last interval, for a loop that is behind.
+        run = guest.run([MEMTOUCH, "--linger", "-"], stdin=memtouch_input(experiment.workload),
+                        memory=setup.memory, cpus=nodes[0].cpus)  # the score prices accesses from socket 0
+        reader = OutputReader()
+        truth = _first_touch(run, reader)
+        guest.watch(run.pid, experiment.damon)
+        state = _RunState(run.pid, _layout(truth), guest.vmstat().counters)
+        self.writer.write(self._start(repeat, state, setup))
+        if setup.placement:  # a one-time initial placement: not held to the per-interval budget
+            _, observation = self._observe(state, 0, {})
+            self._act(state, _placement_moves(setup.placement, state.layout), observation,
+                      budget=experiment.workload.footprint)
+        timeout = experiment.interval_s + EPOCH_SLACK_S
+        while (epoch := _next_epoch(run, reader, timeout)) is not None:
+            record = self._interval(state, epoch)
+            self.writer.write(record)
+            self.progress(_progress_line(self.policy, experiment, record))
+            yield record
+        run.kill()
+
+    def _start(self, repeat: int, state: _RunState, setup: Setup) -> RunStart:
+        resident = self.guest.observe(state.pid, soft_dirty=False).resident_bytes
+        nodes = tuple(NodeState(n.id, n.total_bytes, n.free_bytes, resident.get(n.id, 0)) for n in self.guest.nodes())
+        return RunStart(policy=self.policy.name, kind=str(self.policy.kind), repeat=repeat,
+                        interval_s=self.experiment.interval_s, page_size=PAGE_SIZE, regions=state.layout,
+                        nodes=nodes, notes=setup.notes)
+
+    def _interval(self, state: _RunState, epoch: EpochCounts) -> EpochRecord:
+        vmstat = self.guest.vmstat().counters
+        delta = {name: value - state.vmstat.get(name, 0) for name, value in vmstat.items()}
+        state.vmstat = vmstat
+        raw, observation = self._observe(state, epoch.epoch, delta)
+        proposal = self._decide(state, observation)
+        applied, rejected = self._act(state, proposal.actions, observation) if proposal.actions else ((), ())
+        return EpochRecord(
+            epoch=epoch.epoch, phase=epoch.phase, late=epoch.late,
+            reads=tuple(tuple(int(v) for v in counts) for counts in epoch.reads),
+            writes=tuple(tuple(int(v) for v in counts) for counts in epoch.writes),
+            residency=tuple(tuple(dict(chunk.nodes) for chunk in area.chunks) for area in raw.ranges),
+            migrated_bytes=delta.get("pgmigrate_success", 0) * PAGE_SIZE, observe_seconds=raw.cost_s,
+            regions_seen=len(observation.regions),
+            decision=Decision(applied, rejected, proposal.seconds, proposal.late),
+        )
+
+    def _observe(self, state: _RunState, epoch: int, vmstat_delta: dict[str, int]) -> tuple[GuestObservation,
+                                                                                               Observation]:
+        ranges = [ResidencyQuery(region.start, region.size, region.chunk, _stride(region.chunk))
+                  for region in state.layout]
+        raw = self.guest.observe(state.pid, ranges=ranges, region_nodes=True,
+                                 pagemap_budget_pages=PAGEMAP_BUDGET_PAGES)
+        monitoring = self.experiment.damon
+        samples = max(1, monitoring.aggr_us // monitoring.sample_us)
+        regions = tuple(RegionView(
+            id=region.id, start=region.start, end=region.end, access_rate=min(1.0, region.nr_accesses / samples),
+            age=region.age, written_fraction=(region.written_pages / region.resident_pages
+                                              if region.written_pages is not None and region.resident_pages else None),
+            nodes=dict(region.nodes or {})) for region in (raw.damon.regions if raw.damon else ()))
+        observation = Observation(epoch=epoch, time=raw.time, interval_s=self.experiment.interval_s,
+                                  nodes=tuple(_node_view(node) for node in self.guest.nodes()), regions=regions,
+                                  resident=dict(raw.resident_bytes), vmstat_delta=vmstat_delta)
+        return raw, observation
+
+    def _decide(self, state: _RunState, observation: Observation) -> _Proposal:
+        """The policy's actions if it answers within the deadline; a late policy is skipped until it answers."""
+        if state.pending is not None and not state.pending.done():
+            return _Proposal([], 0.0, late=True)
+        started = time.monotonic()
+        state.pending = self.decider.submit(self.policy.decide, observation)
+        try:
+            actions = state.pending.result(timeout=self.experiment.decision_deadline_s)
+        except concurrent.futures.TimeoutError:
+            return _Proposal([], time.monotonic() - started, late=True)
+        state.pending = None
+        return _Proposal(list(actions), time.monotonic() - started, late=False)
+
+    def _act(self, state: _RunState, actions: list[Action], observation: Observation, budget: int | None = None
+             ) -> tuple[tuple[dict[str, Any], ...], tuple[dict[str, Any], ...]]:
+        verdict = validate(actions, observation, budget or self.experiment.migration_budget)
+        applied: list[dict[str, Any]] = []
+        rejected = [{**_describe(action), "reason": reason} for action, reason in verdict.rejected]
+        for action in verdict.accepted:
+            try:
+                applied.append({**_describe(action), **self._apply(state, action)})
+            except GuestError as error:  # the guest refused (range unmapped, node full): recorded, not fatal
+                rejected.append({**_describe(action), "reason": f"guest: {error}"})
+        return tuple(applied), tuple(rejected)
+
+    def _apply(self, state: _RunState, action: Action) -> dict[str, Any]:
+        if isinstance(action, Place):
+            placed = self.guest.place(state.pid, cpus=action.cpus)
+            return {"threads": placed.threads}
+        # Migration under TCG runs at ~60 MiB/s, far slower onto emulated CXL devices.
+        result = self.guest.migrate(state.pid, action.node, action.size,
+                                    ranges=[AddressRange(action.start, action.size)],
+                                    timeout=max(60.0, action.size / MIB))
+        return {"moved_bytes": result.moved_bytes, "moved_pages": result.moved_pages,
+                "already_on_node": result.already_on_node, "failed": result.failed, "seconds": result.seconds}
+
+
+def _context(experiment: Experiment, nodes: list[NodeInfo], out: Path) -> PolicyContext:
+    system, workload = experiment.system, experiment.workload
+    hints = tuple(RegionHint(region.name, region.size, region.description)
+                  for region in workload.regions if region.description) if experiment.hints else ()
+    return PolicyContext(
+        system_description=system.description,
+        device_descriptions={node.id: node.device.description for node in system.nodes},
+        nodes=tuple(_node_view(node) for node in nodes),
+        interval_s=experiment.interval_s,
+        migration_budget=experiment.migration_budget,
+        damon_sample_s=experiment.damon.sample_us / 1e6,
+        workload_description=workload.description,
+        hints=hints,
+        run_dir=out,
+        decision_deadline_s=experiment.decision_deadline_s,
+    )
+
+
+def _node_view(node: NodeInfo) -> NodeView:
+    hmat = node.hmat
+
+    def bandwidth(mbps: int | None) -> float | None:
+        return None if mbps is None else mbps * float(MIB)  # the guest's "MB/s" are MiB/s (see testbed/hmat.py)
+
+    return NodeView(id=node.id, total_bytes=node.total_bytes, free_bytes=node.free_bytes, cpus=node.cpus,
+                    tier=node.tier,
+                    read_latency_ns=hmat.read_latency_ns if hmat else None,
+                    write_latency_ns=hmat.write_latency_ns if hmat else None,
+                    read_bandwidth=bandwidth(hmat.read_bandwidth_mbps) if hmat else None,
+                    write_bandwidth=bandwidth(hmat.write_bandwidth_mbps) if hmat else None)
+
+
+def _placement_moves(placement: dict[str, int], layout: tuple[RegionLayout, ...]) -> list[Action]:
+    by_name = {region.name: region for region in layout}
+    return [Migrate(by_name[name].start, by_name[name].start + by_name[name].size, node, "initial placement")
+            for name, node in placement.items() if name in by_name]
+
+
+def _first_touch(run: RunHandle, reader: OutputReader) -> GroundTruth:
+    """Wait for memtouch's regions line: it prints it once every page has been touched."""
+    for event in run.output(timeout=SETUP_TIMEOUT_S):
+        if event.stream == "stdout":
+            reader.feed(event.line)
+            return reader.result()
+    raise RunFailed(f"the workload exited before mapping its memory: {_exit_text(run)}")
+
+
+def _next_epoch(run: RunHandle, reader: OutputReader, timeout: float) -> EpochCounts | None:
+    """The workload's next interval of ground truth; None once it has reported them all."""
+    for event in run.output(timeout=timeout):
+        if event.stream == "stderr":
+            continue
+        epoch = reader.feed(event.line)
+        if epoch is not None:
+            return epoch
+        if reader.finished:
+            return None
+    raise RunFailed(f"the workload ended before reporting all its intervals: {_exit_text(run)}")
+
+
+def _exit_text(run: RunHandle) -> str:
+    exit_event: RunExit | None = run.exit
+    if exit_event is None:
+        return "no exit status"
+    return f"signal {exit_event.signal}" if exit_event.signal else f"exit code {exit_event.code}"
+
+
+def _stride(chunk: int) -> int:
+    return max(1, chunk // PAGE_SIZE // SAMPLES_PER_CHUNK)
+
+
+def _layout(truth: GroundTruth) -> tuple[RegionLayout, ...]:
+    return tuple(RegionLayout(r.name, r.address, r.size, r.chunk, r.chunks) for r in truth.regions)
+
+
+def _describe(action: Action) -> dict[str, Any]:
+    if isinstance(action, Place):
+        return {"type": "place", "cpus": list(action.cpus), "why": action.reason}
+    return {"type": "migrate", "start": action.start, "end": action.end, "node": action.node, "why": action.reason}
+
+
+def _progress_line(policy: Policy, experiment: Experiment, record: EpochRecord) -> str:
+    decision = record.decision
+    moved = sum(a.get("moved_bytes", 0) for a in decision.actions) if decision else 0
+    rejected = len(decision.rejected) if decision else 0
+    late = " late" if decision and decision.late else ""
+    return (f"[{policy.name}] interval {record.epoch + 1}/{experiment.workload.epochs}: moved {moved / MIB:.0f} MiB, "
+            f"{rejected} rejected{late}")
