@@ -10,7 +10,8 @@ One environment variable picks the endpoint, a few refine it:
     (``llamas llm stop`` ends it). ``local:NAME``: another embedded model, e.g.
     ``local:smollm2``. ``openai``: OpenAI's API. Anything starting with
     ``http://`` or ``https://``: the base URL of any OpenAI-compatible server
-    (ending in ``/v1`` as a rule).
+    (ending in ``/v1`` as a rule). ``replay:PATH``: no LLM at all, the answers
+    recorded in the transcript at PATH (see below).
 ``LLAMAS_LLM_MODEL``
     The model name to request. Required for a base URL; ``openai`` defaults to
     ``gpt-4o-mini``; ignored for ``local``.
@@ -120,7 +121,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> LlmSettings:
         settings = LlmSettings(model=model, base_url=choice.rstrip("/"), json_mode=JsonMode.JSON_SCHEMA,
                                api_key_env=key_env)
     else:
-        raise UserError(f"LLAMAS_LLM={choice!r}: expected local, local:MODEL, openai or an http(s):// base URL")
+        raise UserError(f"LLAMAS_LLM={choice!r}: expected local, local:MODEL, openai, an http(s):// base URL or replay:PATH")
     mode = env.get("LLAMAS_LLM_JSON_MODE")
     if mode:
         try:
@@ -364,10 +365,27 @@ def _replay_settings(settings: LlmSettings) -> JsonObject:
 
 def connect(settings: LlmSettings | None = None, transcript_dir: Path | None = None) -> LlmClient:
     """A client for ``settings`` (default: from the environment), starting the embedded server if needed."""
+    recorded = replay_source()
+    if settings is None and recorded is not None:
+        return replay(recorded, transcript_dir)
     settings = settings or settings_from_env()
     base_url = settings.base_url or ensure_server(settings.model)
     transcript = Transcript.in_directory(transcript_dir) if transcript_dir else None
     return LlmClient(settings, OpenAiTransport(settings, base_url), transcript)
+
+
+def replay_source(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The transcript ``LLAMAS_LLM=replay:PATH`` names, if it names one."""
+    choice = (os.environ if environ is None else environ).get("LLAMAS_LLM", "")
+    return Path(choice.removeprefix("replay:")) if choice.startswith("replay:") else None
+
+
+def uses_embedded_server(environ: Mapping[str, str] | None = None) -> str | None:
+    """The embedded model the settings ask for, or None when another endpoint (or a replay) answers."""
+    if replay_source(environ) is not None:
+        return None
+    settings = settings_from_env(environ)
+    return settings.model if settings.base_url is None else None
 
 
 def replay(transcript_path: Path, transcript_dir: Path | None = None) -> LlmClient:

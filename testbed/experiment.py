@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from guest.guestd.damon import Monitoring
+from policies.registry import known_policies
 from testbed.catalog import Catalog, default_catalog
 from testbed.errors import UserError
 from testbed.model import System
@@ -135,6 +136,9 @@ def _policies(fields: Fields) -> tuple[str, ...]:
         raise fields.error("policies", "needs at least one policy")
     if len(set(names)) != len(names):
         raise fields.error("policies", f"lists a policy twice: {list(names)}")
+    unknown = [name for name in names if name not in known_policies()]
+    if unknown:
+        raise fields.error("policies", f"unknown policy {unknown[0]!r} (known: {', '.join(known_policies())})")
     return names
 
 

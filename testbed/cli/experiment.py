@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from policies.base import PolicyKind
+from policies.llm_client import uses_embedded_server
+from policies.registry import policy_kind
 from testbed.experiment import load_experiment
 from testbed.llm_server import running_server
 from testbed.runner import default_run_dir, run_experiment
@@ -28,7 +31,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.policies:
         experiment = experiment.with_policies(tuple(name.strip() for name in args.policies.split(",")))
     run_dir = args.out or default_run_dir(experiment)
-    with running_server():  # the embedded LLM, started only if an LLM policy is asked for and none is configured
+    model = uses_embedded_server()
+    if model is not None and any(policy_kind(name) is PolicyKind.LLM for name in experiment.policies):
+        with running_server(model):  # started for this run, stopped after it unless it was already running
+            run_experiment(experiment, run_dir)
+    else:
         run_experiment(experiment, run_dir)
     print(f"\nrun directory: {run_dir} (report.md, summary.json, plots/)")
     return 0

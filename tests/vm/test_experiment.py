@@ -1,0 +1,86 @@
+"""Experiments end to end in real guests: the score's promises, and failures that keep what was recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from policies.base import Action, Observation, Policy
+from policies.first_touch import FirstTouch
+from testbed.cli import main
+from testbed.experiment import load_experiment
+from testbed.image import Image
+from testbed.orchestrator import run_policy
+from testbed.runner import run_experiment
+from testbed.timeline import read_timeline
+from testbed.vms import all_vms
+from testbed.workload import parse_workload
+
+SHORT = {"name": "short", "description": "a few quick intervals", "epoch": "500ms",
+         "regions": [{"name": "a", "size": "64MiB", "pattern": "uniform", "accesses": 20000}],
+         "phases": [{"epochs": 8}]}
+
+
+def test_smoke_experiment_scores_policies_against_the_bounds(guest_image: Image, tmp_path: Path) -> None:
+    run_dir = run_experiment(load_experiment("smoke"), tmp_path / "smoke")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    policies = summary["policies"]
+    assert {name: row["status"] for name, row in policies.items()} == {
+        "first-touch": "ok", "hot-cold": "ok", "oracle": "ok"}
+    time = {name: row["modeled_time_s"] for name, row in policies.items()}
+    assert time["hot-cold"] < time["first-touch"], time
+    assert time["oracle"] <= min(time["first-touch"], time["hot-cold"]), time
+    assert summary["lower_bound_s"] <= time["oracle"]
+    assert policies["hot-cold"]["migrated_bytes"] > 0
+    assert policies["first-touch"]["epochs"] == 14
+    for name in ("manifest.json", "report.md", "catalog/systems/dram-cxl.yaml", "runs/hot-cold/timeline.jsonl"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "plots").glob("*.png"))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["image"]["key"] == guest_image.key
+    # The report comes back from the files alone.
+    (run_dir / "summary.json").unlink()
+    assert main(["report", str(run_dir), "--no-plots"]) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["policies"]["oracle"]["modeled_time_s"] == \
+        pytest.approx(time["oracle"])
+
+
+class Failing(Policy):
+    """Does nothing for two intervals, then ``fail`` (raise, or take the VM down)."""
+
+    name = "failing"
+
+    def __init__(self, fail: str) -> None:
+        self.fail = fail
+
+    def decide(self, observation: Observation) -> list[Action]:
+        if observation.epoch == 2:
+            if self.fail == "raise":
+                raise RuntimeError("the policy's own bug")
+            vm = next(vm for vm in all_vms() if vm.name.endswith("-failing-r1"))
+            os.kill(int(vm.record.handle), signal.SIGKILL)
+        return []
+
+
+@pytest.mark.parametrize(("fail", "reason", "recorded"), [
+    ("raise", "RuntimeError: the policy's own bug", [0, 1]),  # the interval it failed in has no decision
+    ("kill-vm", "the VM stopped", [0, 1, 2]),  # the decision returned; the next observation found no VM
+])
+def test_a_failing_run_keeps_its_record_and_leaves_no_vm(guest_image: Image, tmp_path: Path, fail: str,
+                                                         reason: str, recorded: list[int]) -> None:
+    experiment = load_experiment("smoke")
+    experiment = replace(experiment, workload=parse_workload(SHORT, Path("short.yaml")))
+    end = run_policy(experiment, Failing(fail), 1, tmp_path / fail, print)
+    assert end.status == "failed"
+    assert reason in (end.reason or "")
+    timeline = read_timeline(tmp_path / fail / "timeline.jsonl")
+    assert [epoch.epoch for epoch in timeline.epochs] == recorded  # everything up to the failure is kept
+    assert timeline.end.status == "failed"
+    assert not [vm for vm in all_vms() if vm.name.endswith("-failing-r1")]
+    # ... and the next policy of the experiment runs as usual.
+    assert run_policy(experiment, FirstTouch(), 1, tmp_path / "next", print).status == "ok"
