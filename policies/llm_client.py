@@ -121,7 +121,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> LlmSettings:
         settings = LlmSettings(model=model, base_url=choice.rstrip("/"), json_mode=JsonMode.JSON_SCHEMA,
                                api_key_env=key_env)
     else:
-        raise UserError(f"LLAMAS_LLM={choice!r}: expected local, local:MODEL, openai, an http(s):// base URL or replay:PATH")
+        raise UserError(f"LLAMAS_LLM={choice!r}: expected local, local:MODEL, openai, an http(s):// base URL "
+                        "or replay:PATH")
     mode = env.get("LLAMAS_LLM_JSON_MODE")
     if mode:
         try:
