@@ -28,7 +28,7 @@ from testbed.model import (
     derived_distances,
 )
 from testbed.units import parse_bandwidth, parse_latency, parse_rate, parse_size
-from testbed.yamlfields import Fields, choice, load_yaml, whole
+from testbed.yamlfields import Fields, choice, load_yaml, named_file, whole
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOG = REPO_ROOT / "devices"
@@ -68,14 +68,7 @@ class Catalog:
 
     def system_path(self, name_or_path: str) -> Path:
         """A system named in the catalog, or a path to a system file."""
-        path = Path(name_or_path)
-        if path.suffix in (".yaml", ".yml") or os.sep in name_or_path:
-            return path
-        candidate = self.systems_dir / f"{name_or_path}.yaml"
-        if not candidate.exists():
-            known = ", ".join(p.stem for p in self.system_files())
-            raise ConfigError(self.systems_dir, "", f"no system named {name_or_path!r} (known: {known})")
-        return candidate
+        return named_file(name_or_path, self.systems_dir, "system")
 
     def load_system(self, name_or_path: str) -> System:
         path = self.system_path(name_or_path)

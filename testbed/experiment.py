@@ -34,11 +34,10 @@ from pathlib import Path
 from guest.guestd.damon import Monitoring
 from policies.registry import known_policies
 from testbed.catalog import Catalog, default_catalog
-from testbed.errors import UserError
 from testbed.model import System
 from testbed.units import parse_bandwidth, parse_latency, parse_size
 from testbed.workload import Workload, resolve_workload
-from testbed.yamlfields import Fields, load_yaml, whole
+from testbed.yamlfields import Fields, load_yaml, named_file, whole
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 DEFAULT_BUDGET = 64 * 2**20
@@ -69,19 +68,8 @@ class Experiment:
         return replace(self, policies=policies)
 
 
-def experiment_path(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or "/" in name_or_path:
-        return path
-    candidate = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        known = ", ".join(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
-        raise UserError(f"no experiment named {name_or_path!r} in {EXPERIMENTS_DIR} (known: {known})")
-    return candidate
-
-
 def load_experiment(name_or_path: str, catalog: Catalog | None = None) -> Experiment:
-    path = experiment_path(name_or_path)
+    path = named_file(name_or_path, EXPERIMENTS_DIR, "experiment")
     fields = Fields(load_yaml(path), path)
     catalog = catalog or default_catalog()
     system_ref = fields.text("system")

@@ -40,10 +40,10 @@ from testbed.guest_client import (
     RunHandle,
 )
 from testbed.guest_client import Observation as GuestObservation
-from testbed.timeline import Decision, EpochRecord, NodeState, RegionLayout, RunEnd, RunStart, TimelineWriter
+from testbed.timeline import Decision, EpochRecord, NodeState, RunEnd, RunStart, TimelineWriter
 from testbed.validate import validate
 from testbed.vms import Vm, up
-from testbed.workload import EpochCounts, GroundTruth, OutputReader, memtouch_input
+from testbed.workload import EpochCounts, GroundTruth, OutputReader, RegionLayout, memtouch_input
 
 MEMTOUCH = "/opt/llamas/bin/memtouch"
 PAGE_SIZE = 4096
@@ -145,7 +145,7 @@ class _Run:
         reader = OutputReader()
         truth = _first_touch(run, reader)
         guest.watch(run.pid, experiment.damon)
-        state = _RunState(run.pid, _layout(truth), guest.vmstat().counters)
+        state = _RunState(run.pid, truth.regions, guest.vmstat().counters)
         self.writer.write(self._start(repeat, state, setup))
         if setup.placement:  # a one-time initial placement: not held to the per-interval budget
             _, observation = self._observe(state, 0, {})
@@ -185,7 +185,7 @@ class _Run:
 
     def _observe(self, state: _RunState, epoch: int, vmstat_delta: dict[str, int]) -> tuple[GuestObservation,
                                                                                                Observation]:
-        ranges = [ResidencyQuery(region.start, region.size, region.chunk, _stride(region.chunk))
+        ranges = [ResidencyQuery(region.address, region.size, region.chunk, _stride(region.chunk))
                   for region in state.layout]
         raw = self.guest.observe(state.pid, ranges=ranges, region_nodes=True,
                                  pagemap_budget_pages=PAGEMAP_BUDGET_PAGES)
@@ -272,7 +272,7 @@ def _node_view(node: NodeInfo) -> NodeView:
 
 def _placement_moves(placement: dict[str, int], layout: tuple[RegionLayout, ...]) -> list[Action]:
     by_name = {region.name: region for region in layout}
-    return [Migrate(by_name[name].start, by_name[name].start + by_name[name].size, node, "initial placement")
+    return [Migrate(by_name[name].address, by_name[name].address + by_name[name].size, node, "initial placement")
             for name, node in placement.items() if name in by_name]
 
 
@@ -307,10 +307,6 @@ def _exit_text(run: RunHandle) -> str:
 
 def _stride(chunk: int) -> int:
     return max(1, chunk // PAGE_SIZE // SAMPLES_PER_CHUNK)
-
-
-def _layout(truth: GroundTruth) -> tuple[RegionLayout, ...]:
-    return tuple(RegionLayout(r.name, r.address, r.size, r.chunk, r.chunks) for r in truth.regions)
 
 
 def _describe(action: Action) -> dict[str, Any]:

@@ -32,7 +32,8 @@ import numpy.typing as npt
 
 from policies.oracle import Placement, solve_placement
 from testbed.model import PAGE_SIZE, Device, System
-from testbed.timeline import EpochRecord, RegionLayout, RunStart, Timeline
+from testbed.timeline import EpochRecord, RunStart, Timeline
+from testbed.workload import RegionLayout
 
 Array = npt.NDArray[np.float64]
 Indices = npt.NDArray[np.intp]

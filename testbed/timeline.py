@@ -21,21 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from testbed.workload import Pattern, RegionLayout
+
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class RegionLayout:
-    """One named buffer of the workload, as it reported it."""
-
-    name: str
-    start: int
-    size: int
-    chunk: int  # bytes per ground-truth chunk
-    chunks: int
-
-    def chunk_bytes(self, index: int) -> int:
-        return min(self.chunk, self.size - index * self.chunk)
 
 
 @dataclass(frozen=True)
@@ -53,7 +41,7 @@ class RunStart:
     repeat: int
     interval_s: float
     page_size: int
-    regions: tuple[RegionLayout, ...]
+    regions: tuple[RegionLayout, ...]  # the workload's buffers, as it reported them
     nodes: tuple[NodeState, ...]  # when the workload had first-touched all its memory
     notes: tuple[str, ...] = ()
 
@@ -145,7 +133,8 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _run_start(record: dict[str, Any]) -> RunStart:
-    return RunStart(**{**record, "regions": tuple(RegionLayout(**r) for r in record["regions"]),
+    return RunStart(**{**record, "regions": tuple(RegionLayout(**{**r, "pattern": Pattern(r["pattern"])})
+                                                  for r in record["regions"]),
                        "nodes": tuple(NodeState(**n) for n in record["nodes"]),
                        "notes": tuple(record.get("notes", ()))})
 

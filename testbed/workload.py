@@ -53,7 +53,7 @@ from testbed.catalog import REPO_ROOT
 from testbed.errors import ConfigError, UserError
 from testbed.model import PAGE_SIZE
 from testbed.units import format_size, parse_latency, parse_size
-from testbed.yamlfields import Fields, choice, load_yaml, whole
+from testbed.yamlfields import Fields, choice, load_yaml, named_file, whole
 
 WORKLOADS_DIR = REPO_ROOT / "experiments" / "workloads"
 MEMTOUCH_SOURCE = REPO_ROOT / "guest" / "workloads" / "memtouch.c"
@@ -153,14 +153,7 @@ class Workload:
 
 def workload_path(name_or_path: str, base_dir: Path = Path()) -> Path:
     """A workload named in ``experiments/workloads/``, or a path (relative to ``base_dir``) to a workload file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or os.sep in name_or_path:
-        return base_dir / path
-    candidate = WORKLOADS_DIR / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        known = ", ".join(sorted(p.stem for p in WORKLOADS_DIR.glob("*.yaml")))
-        raise ConfigError(WORKLOADS_DIR, "", f"no workload named {name_or_path!r} (known: {known})")
-    return candidate
+    return named_file(name_or_path, WORKLOADS_DIR, "workload", base_dir)
 
 
 def load_workload(path: Path, memory_limit: int | None = None) -> Workload:

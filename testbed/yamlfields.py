@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,6 +85,18 @@ class Fields:
         if unknown:
             known = ", ".join(sorted(self._read))
             raise self.error(str(unknown[0]), f"unknown field (expected one of: {known})")
+
+
+def named_file(name_or_path: str, directory: Path, kind: str, base_dir: Path = Path()) -> Path:
+    """A YAML file named by its stem in ``directory``, or a path (relative to ``base_dir``) to one."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        return base_dir / path
+    candidate = directory / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml")))
+        raise ConfigError(directory, "", f"no {kind} named {name_or_path!r} (known: {known})")
+    return candidate
 
 
 def choice(options: type[T]) -> Callable[[Any], T]:

@@ -19,12 +19,12 @@ from testbed.timeline import (
     Decision,
     EpochRecord,
     NodeState,
-    RegionLayout,
     RunEnd,
     RunStart,
     Timeline,
     TimelineWriter,
 )
+from testbed.workload import Pattern, RegionLayout
 
 MiB = 2**20
 PAGE = 4096
@@ -50,7 +50,8 @@ def layout(*chunks: int, chunk: int = CHUNK) -> tuple[RegionLayout, ...]:
     regions = []
     address = 0x7F0000000000
     for index, count in enumerate(chunks):
-        regions.append(RegionLayout(f"r{index}", address, count * chunk, chunk, count))
+        regions.append(RegionLayout(f"r{index}", Pattern.UNIFORM, address, count * chunk, chunk,
+                                    count * chunk // 4096, count))
         address += count * chunk
     return tuple(regions)
 

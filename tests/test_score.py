@@ -16,7 +16,8 @@ from testbed.score import (
     score,
     score_run,
 )
-from testbed.timeline import EpochRecord, RegionLayout
+from testbed.timeline import EpochRecord
+from testbed.workload import Pattern, RegionLayout
 
 NS = 1e-9
 GiB = 2**30
@@ -94,7 +95,7 @@ def test_an_unsampled_chunk_is_charged_on_its_slowest_node_and_listed() -> None:
 
 
 def test_a_short_last_chunk_has_its_own_size() -> None:
-    short = RegionLayout("r0", 0x7F0000000000, 3 * MiB, 2 * MiB, 2)  # 2MiB + 1MiB
+    short = RegionLayout("r0", Pattern.UNIFORM, 0x7F0000000000, 3 * MiB, 2 * MiB, 768, 2)  # 2MiB + 1MiB
     data = run_data(timeline((short,), [epoch(0, reads=[[0, 256]])], DRAM_CXL), 2)
     assert data.chunk_bytes.tolist() == [2 * MiB, MiB]
     assert data.access_rate[0, 1] == pytest.approx(1.0)  # 256 accesses over 256 pages in 1s
