@@ -27,7 +27,7 @@ from typing import Any
 
 from testbed.catalog import REPO_ROOT
 from testbed.errors import UserError
-from testbed.paths import cache_dir
+from testbed.paths import cache_dir, state_dir
 from testbed.proc import run, run_bytes
 from testbed.workload import build_memtouch
 from testbed.yamlfields import Fields, load_yaml
@@ -149,7 +149,26 @@ def build_image(force: bool = False, log: Log = print) -> Image:
     shutil.rmtree(final, ignore_errors=True)
     work.rename(final)
     log(f"image {key} built in {time.monotonic() - started:.0f} s: {final}")
+    _prune(key, rootfs)
     return Image(final)
+
+
+def _prune(current: str, rootfs: Path) -> None:
+    """Older images, their saved VM states and older root file systems: a new build replaces them.
+
+    An image a VM still runs from is kept (its disk is a layer of the VM's overlay).
+    """
+    keep = {current} | _images_in_use()
+    stale = [path for path in images_dir().iterdir() if path.name not in keep]
+    stale += [path for path in (cache_dir() / "snapshots").glob("*") if path.name.split("-")[0] not in keep]
+    stale += [path for path in rootfs.parent.iterdir() if path != rootfs]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _images_in_use() -> set[str]:
+    records = (state_dir() / "vms").glob("*/vm.json")
+    return {str(json.loads(record.read_text()).get("image")) for record in records}
 
 
 def _require_root() -> None:

@@ -40,6 +40,7 @@ from testbed.guest_client import (
     RunHandle,
 )
 from testbed.guest_client import Observation as GuestObservation
+from testbed.image import Image
 from testbed.timeline import Decision, EpochRecord, NodeState, RunEnd, RunStart, TimelineWriter
 from testbed.validate import validate
 from testbed.vms import Vm, up
@@ -80,14 +81,17 @@ class _Proposal:
     late: bool
 
 
-def run_policy(experiment: Experiment, policy: Policy, repeat: int, out: Path, progress: Progress) -> RunEnd:
-    """Run ``policy`` once and record it in ``out/timeline.jsonl``; returns how it ended."""
+def run_policy(experiment: Experiment, policy: Policy, repeat: int, out: Path, progress: Progress,
+               image: Image | None = None) -> RunEnd:
+    """Run ``policy`` once (in a VM of ``image``, by default the current one) and record it in
+    ``out/timeline.jsonl``; returns how it ended."""
     writer = TimelineWriter(out / "timeline.jsonl")
     epochs = 0
     end = RunEnd("failed", "interrupted", 0)
     vm: Vm | None = None
     try:
-        vm = up(str(experiment.system.source), name=_vm_name(experiment, policy, repeat), log=progress)
+        vm = up(str(experiment.system.source), name=_vm_name(experiment, policy, repeat), image=image,
+                log=progress)
         with vm.guest() as guest, concurrent.futures.ThreadPoolExecutor(1) as decider:
             run = _Run(experiment, policy, guest, decider, writer, progress)
             for record in run.intervals(repeat, out):
@@ -216,22 +220,31 @@ class _Run:
 
     def _act(self, state: _RunState, actions: list[Action], observation: Observation, budget: int | None = None
              ) -> tuple[tuple[dict[str, Any], ...], tuple[dict[str, Any], ...]]:
-        verdict = validate(actions, observation, budget or self.experiment.migration_budget)
+        """Validate, then apply in order; the guest gets the budget actually left, since the validator's
+        estimate comes from sampled residency."""
+        budget = budget or self.experiment.migration_budget
+        verdict = validate(actions, observation, budget)
         applied: list[dict[str, Any]] = []
         rejected = [{**_describe(action), "reason": reason} for action, reason in verdict.rejected]
         for action in verdict.accepted:
+            if isinstance(action, Migrate) and budget < PAGE_SIZE:
+                rejected.append({**_describe(action), "reason": "over budget: earlier moves used it up"})
+                continue
             try:
-                applied.append({**_describe(action), **self._apply(state, action)})
-            except GuestError as error:  # the guest refused (range unmapped, node full): recorded, not fatal
+                outcome = self._apply(state, action, budget)
+            except GuestError as error:  # the guest refused (nothing mapped, node full): recorded, not fatal
                 rejected.append({**_describe(action), "reason": f"guest: {error}"})
+                continue
+            budget -= outcome.get("moved_bytes", 0)
+            applied.append({**_describe(action), **outcome})
         return tuple(applied), tuple(rejected)
 
-    def _apply(self, state: _RunState, action: Action) -> dict[str, Any]:
+    def _apply(self, state: _RunState, action: Action, budget: int) -> dict[str, Any]:
         if isinstance(action, Place):
             placed = self.guest.place(state.pid, cpus=action.cpus)
             return {"threads": placed.threads}
         # Migration under TCG runs at ~60 MiB/s, far slower onto emulated CXL devices.
-        result = self.guest.migrate(state.pid, action.node, action.size,
+        result = self.guest.migrate(state.pid, action.node, min(action.size, budget),
                                     ranges=[AddressRange(action.start, action.size)],
                                     timeout=max(60.0, action.size / MIB))
         return {"moved_bytes": result.moved_bytes, "moved_pages": result.moved_pages,

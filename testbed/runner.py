@@ -51,7 +51,7 @@ def run_experiment(experiment: Experiment, run_dir: Path, progress: Progress = p
                 out = run_dir / "runs" / (name if experiment.repeats == 1 else f"{name}-r{repeat + 1}")
                 progress(f"== {name}" + (f" (repeat {repeat + 1}/{experiment.repeats})" if experiment.repeats > 1
                                          else ""))
-                end = run_policy(experiment, make_policy(name), repeat + 1, out, progress)
+                end = run_policy(experiment, make_policy(name), repeat + 1, out, progress, image)
                 if end.status != "ok":
                     progress(f"{name}: failed: {end.reason}")
                 summarize(run_dir)

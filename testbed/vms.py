@@ -127,11 +127,15 @@ class Vm:
 
 
 def up(system_ref: str, *, name: str | None = None, backend: str = "qemu", accel: str | None = None,
-       warm: bool = True, extra_cmdline: str = "", log: Log = print) -> Vm:
-    """Start a VM for a system and return it ready: SSH works and every device is a NUMA node."""
+       warm: bool = True, extra_cmdline: str = "", image: Image | None = None, log: Log = print) -> Vm:
+    """Start a VM for a system and return it ready: SSH works and every device is a NUMA node.
+
+    ``image`` defaults to the one built from the current code; an experiment passes the one it
+    started with, so that its runs stay comparable whatever changes meanwhile.
+    """
     catalog = default_catalog()
     system = catalog.load_system(system_ref)
-    image = require_image()
+    image = image or require_image()
     chosen = choose_accel(accel)
     log(f"accelerator: {chosen.name} ({chosen.reason})")
     name = name or _free_name(system.name)
@@ -151,7 +155,8 @@ def up(system_ref: str, *, name: str | None = None, backend: str = "qemu", accel
 
 
 def _start(vm: Vm, warm: bool, log: Log) -> Vm:
-    snapshot = Snapshot(cache_dir() / "snapshots" / snapshot_key(vm))
+    # Named after the image first, so that a new image build can drop the states of older ones.
+    snapshot = Snapshot(cache_dir() / "snapshots" / f"{vm.image.key}-{snapshot_key(vm)}")
     if warm and snapshot.exists():
         try:
             return _restore(vm, snapshot, log)

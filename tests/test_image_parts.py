@@ -1,6 +1,7 @@
 import gzip
 import lzma
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,17 @@ def test_installed_packages_from_dpkg_status() -> None:
               "Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n\n"
               "Package: cxl\nStatus: install ok installed\nVersion: 81-1\nDescription: x\n more\n")
     assert installed_packages(status) == {"cxl": "81-1", "python3": "3.13.5-1"}
+
+
+def test_a_new_build_prunes_what_no_vm_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from testbed import image
+
+    monkeypatch.setenv("LLAMAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LLAMAS_STATE", str(tmp_path / "state"))
+    for path in ("images/new", "images/old", "images/running", "snapshots/new-1", "snapshots/old-2",
+                 "snapshots/running-3", "rootfs/current", "rootfs/previous", "state/vms/vm1"):
+        (tmp_path / ("" if path.startswith("state") else "cache") / path).mkdir(parents=True)
+    (tmp_path / "state/vms/vm1/vm.json").write_text('{"image": "running"}')
+    image._prune("new", tmp_path / "cache/rootfs/current")
+    left = sorted(str(p.relative_to(tmp_path / "cache")) for p in (tmp_path / "cache").glob("*/*"))
+    assert left == ["images/new", "images/running", "rootfs/current", "snapshots/new-1", "snapshots/running-3"]
