@@ -185,6 +185,7 @@ class _Run:
             migrated_bytes=delta.get("pgmigrate_success", 0) * PAGE_SIZE, observe_seconds=raw.cost_s,
             regions_seen=len(observation.regions),
             decision=Decision(applied, rejected, proposal.seconds, proposal.late),
+            observation=observation_summary(observation),
         )
 
     def _observe(self, state: _RunState, epoch: int, vmstat_delta: dict[str, int]) -> tuple[GuestObservation,
@@ -249,6 +250,15 @@ class _Run:
                                     timeout=max(60.0, action.size / MIB))
         return {"moved_bytes": result.moved_bytes, "moved_pages": result.moved_pages,
                 "already_on_node": result.already_on_node, "failed": result.failed, "seconds": result.seconds}
+
+
+def observation_summary(observation: Observation) -> dict[str, Any]:
+    """What a policy saw, compactly: free bytes per node, and per DAMON region
+    [start, end, access rate, age, written fraction, {node: resident bytes}]."""
+    return {"free": {str(node.id): node.free_bytes for node in observation.nodes},
+            "regions": [[r.start, r.end, round(r.access_rate, 4), r.age,
+                         None if r.written_fraction is None else round(r.written_fraction, 4),
+                         {str(node): size for node, size in r.nodes.items()}] for r in observation.regions]}
 
 
 def _context(experiment: Experiment, nodes: list[NodeInfo], out: Path) -> PolicyContext:

@@ -8,8 +8,9 @@ report read only this file. Record types:
   nodes as the guest saw them when the workload had touched its memory.
 - ``epoch``: for one interval of the workload, its ground truth (reads and
   writes per region per chunk), where each chunk's pages were at the end of
-  the interval (sampled pages per node), what the kernel migrated, and the
-  policy's decision (actions, rejections, time taken, whether it was late).
+  the interval (sampled pages per node), what the kernel migrated, what the
+  policy saw (free memory per node, DAMON regions) and its decision (actions,
+  rejections, time taken, whether it was late).
 - ``end``: ``ok`` or ``failed`` with the reason.
 """
 
@@ -67,6 +68,8 @@ class EpochRecord:
     observe_seconds: float  # the guest daemon's cost for the observation
     regions_seen: int  # DAMON regions the policy saw
     decision: Decision | None = None
+    # What the policy saw (see testbed.orchestrator.observation_summary): enough to replay it offline.
+    observation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
