@@ -149,6 +149,9 @@ class BackendSettings:
 class RegionTable:
     """An observation's regions as arrays, sorted by address.
 
+    Residency is in sampled bytes, as the guest reports it and ``testbed.validate``
+    counts it: a region's resident bytes may fall short of its size (DAMON regions
+    span unmapped gaps), and a part of a region holds its bytes in proportion.
     Per-node arrays are [node column, region]: numpy is many times faster along
     a long last axis than across a short one (3 nodes)."""
 
@@ -156,8 +159,7 @@ class RegionTable:
     ends: IntArray
     access_rate: Array32
     written: Array32  # written_fraction; NaN where the guest could not tell
-    shares: Array  # [node column, region]: the share of the region's sampled pages on each node
-    placed: BoolArray  # the region's residency was sampled
+    resident: Array  # [node column, region]: the region's sampled resident bytes on each node
     node_ids: tuple[int, ...]
 
     @classmethod
@@ -168,31 +170,45 @@ class RegionTable:
         on_node = np.zeros((len(node_ids), len(regions)))
         for column, node in enumerate(node_ids):
             on_node[column] = [home.get(node, 0) for home in homes]
-        sampled = on_node.sum(axis=0)
         table = cls(starts=starts, ends=np.array([r.end for r in regions], dtype=np.int64),
                     access_rate=np.clip(np.array([r.access_rate for r in regions], dtype=np.float32), 0, 1),
                     written=np.array([r.written_fraction for r in regions], dtype=np.float32),  # None -> NaN
-                    shares=np.divide(on_node, sampled, out=np.zeros_like(on_node), where=sampled > 0),
-                    placed=sampled > 0, node_ids=tuple(node_ids))
+                    resident=on_node, node_ids=tuple(node_ids))
         return table if np.all(starts[1:] >= starts[:-1]) else table.subset(np.argsort(starts, kind="stable"))
 
     def subset(self, rows: IntArray) -> RegionTable:
         return RegionTable(self.starts[rows], self.ends[rows], self.access_rate[rows], self.written[rows],
-                           self.shares[:, rows], self.placed[rows], self.node_ids)
+                           self.resident[:, rows], self.node_ids)
 
     @property
     def sizes(self) -> Array:
         return (self.ends - self.starts).astype(np.float64)
 
+    @property
+    def held(self) -> Array:
+        """Each region's sampled resident bytes, on all nodes."""
+        return self.resident.sum(axis=0)  # type: ignore[no-any-return]
+
+    @property
+    def placed(self) -> BoolArray:
+        """The region's residency was sampled."""
+        return self.held > 0
+
+    @property
+    def shares(self) -> Array:
+        """[node column, region]: the share of the region's resident bytes on each node (0 if unsampled)."""
+        held = self.held
+        return np.divide(self.resident, held, out=np.zeros_like(self.resident), where=held > 0)
+
     def __len__(self) -> int:
         return len(self.starts)
 
     def resident_in(self, start: int, end: int) -> Array:
-        """Bytes of [start, end) on each node column (an unsampled part is on none)."""
+        """Bytes of [start, end) on each node column, each region's prorated to the overlap."""
         rows = slice(int(np.searchsorted(self.ends, start, side="right")),
                      int(np.searchsorted(self.starts, end, side="left")))
         overlap = np.minimum(self.ends[rows], end) - np.maximum(self.starts[rows], start)
-        return (self.shares[:, rows] * np.clip(overlap, 0, None)).sum(axis=1)  # type: ignore[no-any-return]
+        return (self.resident[:, rows] * np.clip(overlap, 0, None) / self.sizes[rows]).sum(axis=1)  # type: ignore[no-any-return]
 
 
 def node_room(nodes: Iterable[NodeView], node_ids: Sequence[int], headroom: int) -> Array:
@@ -209,7 +225,7 @@ class _Candidate:
     end: int
     target: int  # node column
     moving: float  # bytes that change node: what the budget and the target's room pay (as the validator counts)
-    resident: list[float]  # bytes of the window on each node column now: what the move frees there
+    resident: list[float]  # bytes of the window on each node column now: what the move frees there (0 on target)
     gain: float  # ns over the horizon, after the move's cost; negative for a region displaced by the plan
 
     def head(self, charge: float) -> tuple[_Candidate | None, _Candidate | None]:
@@ -237,10 +253,15 @@ class _Ledger:
     budget: float
     moves: list[_Candidate] = field(default_factory=list)
 
+    def usable(self, node: int) -> float:
+        """Room a move into ``node`` may take: the validator rounds each region's share of a move down, so
+        what the moves before it free may come out a few bytes short (a page covers thousands of them)."""
+        return self.room[node] - PAGE_SIZE
+
     def fits(self, bundle: Sequence[_Candidate]) -> bool:
         room, budget = list(self.room), self.budget
         for move in bundle:
-            if move.moving > budget or move.moving > room[move.target]:
+            if move.moving > budget or move.moving > room[move.target] - PAGE_SIZE:
                 return False
             budget -= move.moving
             room = self._after(room, move)
@@ -322,7 +343,7 @@ class _Leaving:
 
 class _RecentMoves:
     """Ranges moved in the last few intervals. Hysteresis: a region overlapping one may only go on towards
-    where that move went (a large region moves in parts, interval after interval), never back."""
+    where that move went (a large region moves in parts, interval after interval) or stay, never back."""
 
     def __init__(self, cooldown: int) -> None:
         self._cooldown = cooldown
@@ -331,21 +352,31 @@ class _RecentMoves:
     def add(self, moves: Iterable[Migrate], epoch: int) -> None:
         self._moves += [(move.start, move.end, move.node, epoch) for move in moves]
 
-    def locks(self, table: RegionTable, epoch: int) -> tuple[IntArray, IntArray]:
-        """For each region: the node a recent overlapping move went to (-1: none), and where in the region
-        that move ended (its start if not inside): the rest of a move under way starts there."""
+    def locks(self, table: RegionTable, epoch: int) -> tuple[IntArray, IntArray, IntArray]:
+        """For each region: the node a recent overlapping move went to (-1: none), and the first stretch of
+        it, [start, end), that no recent move covers: where the rest of a move under way goes on (empty when
+        recent moves cover it all). DAMON splits and merges regions between intervals, so a moved range
+        may lie anywhere in a region: at its start, its end or inside."""
         self._moves = [move for move in self._moves if epoch - move[3] < self._cooldown]
         if not self._moves:
-            return np.full(len(table), -1, dtype=np.int64), table.starts
+            return np.full(len(table), -1, dtype=np.int64), table.starts, table.ends
         moved = np.array(sorted(self._moves), dtype=np.int64)
         reach = np.maximum.accumulate(moved[:, 1])  # the furthest end among the moves starting up to each
         holder = np.maximum.accumulate(np.where(moved[:, 1] >= reach, np.arange(len(moved)), 0))
         last = np.searchsorted(moved[:, 0], table.ends, side="left") - 1  # the last move starting before each end
         found = holder[np.maximum(last, 0)]
-        overlaps = (last >= 0) & (moved[found, 1] > table.starts)
-        lock = np.where(overlaps, moved[found, 2], -1)
-        inside = overlaps & (moved[found, 1] < table.ends)
-        return lock, np.where(inside, np.maximum(moved[found, 1], table.starts), table.starts)
+        lock = np.where((last >= 0) & (moved[found, 1] > table.starts), moved[found, 2], -1)
+        # The moved ranges as disjoint stretches [low, high), in order.
+        first = np.flatnonzero(np.concatenate(([True], moved[1:, 0] > reach[:-1])))
+        low, high = moved[first, 0], reach[np.append(first[1:] - 1, len(moved) - 1)]
+        covering = np.searchsorted(high, table.starts, side="right")  # the first stretch ending after the start
+        inside = covering < len(low)
+        at = np.minimum(covering, len(low) - 1)
+        rest_start = np.where(inside & (low[at] <= table.starts), high[at], table.starts)
+        following = np.searchsorted(low, rest_start, side="right")  # the first stretch starting after it
+        rest_end = np.minimum(table.ends, np.where(following < len(low), low[np.minimum(following, len(low) - 1)],
+                                                   table.ends))
+        return lock, np.minimum(rest_start, table.ends), rest_end
 
 
 class _RateHistory:
@@ -425,14 +456,16 @@ class Backend:
         """The moves for this interval: the core of :meth:`decide`, on a table already built."""
         columns = [column for column, node in enumerate(table.node_ids) if node in self.models]
         # Regions with pages on nodes the backend cannot cost stay where they are.
-        rows = np.flatnonzero(table.placed & (table.shares[columns].sum(axis=0) > 1 - 1e-9))
+        held = table.held
+        rows = np.flatnonzero((held > 0) & (table.resident[columns].sum(axis=0) >= held * (1 - 1e-9)))
         if rows.size == 0 or len(columns) < 2:
             return []
         sub = table if rows.size == len(table) else table.subset(rows)
         node_ids = [table.node_ids[column] for column in columns]
         options = self._options(sub, columns, epoch)
         room = node_room(nodes, node_ids, self.settings.headroom_bytes)
-        target = _assign(options.choices, sub.sizes, room + options.resident.sum(axis=1), options.home)
+        target = _assign(options.choices, options.resident.sum(axis=0), room + options.resident.sum(axis=1),
+                         options.home)
         ledger = _Ledger(room.tolist(), float(self.migration_budget))
         _schedule(options.moves_to(target, sub), ledger, self.settings.max_attempts)
         horizon = self.settings.horizon_intervals * self.interval_s
@@ -444,22 +477,25 @@ class Backend:
     def _options(self, table: RegionTable, columns: Sequence[int], epoch: int) -> _Options:
         """What each region would cost over the horizon on each node, moving there included."""
         node_ids = [table.node_ids[column] for column in columns]
-        shares, sizes = table.shares[columns], table.sizes
-        resident = shares * sizes
+        resident, sizes = table.resident[columns], table.sizes
+        held = resident.sum(axis=0)
         reads, writes = self._history.blend(table, *self.rates(table))
         stakes = self.settings.horizon_intervals * self.interval_s * self.costs(sizes, reads, writes, node_ids)
-        moving = sizes - resident
+        moving = held - resident
         move_cost = moving * (1e9 / self.settings.migration_throughput)
         choices = stakes * (1 + self.settings.margin * (moving > 0)) + move_cost
-        # A region a recent move touched may only go on towards where that move went (even a node the
-        # backend does not know: column len(node_ids), which no choice has).
-        lock_node, resume = self._recent.locks(table, epoch)
+        home = _lowest_two(-resident)[0]
+        # A region a recent move touched may stay or go on towards where that move went (even a node the
+        # backend does not know: column len(node_ids), which no choice has), never elsewhere.
+        lock_node, rest_start, rest_end = self._recent.locks(table, epoch)
         lock = np.full(len(sizes), -1, dtype=np.int64)
         locked = np.flatnonzero(lock_node >= 0)
         lock[locked] = [node_ids.index(n) if n in node_ids else len(node_ids) for n in lock_node[locked].tolist()]
-        choices[:, locked] = np.where(np.arange(len(node_ids))[:, None] == lock[locked], choices[:, locked], FORBIDDEN)
-        return _Options(choices, (shares * stakes).sum(axis=0), _lowest_two(-resident)[0], moving, resident, lock,
-                        resume)
+        column = np.arange(len(node_ids))[:, None]
+        allowed = (column == lock[locked]) | (column == home[locked])
+        choices[:, locked] = np.where(allowed, choices[:, locked], FORBIDDEN)
+        return _Options(choices, (resident / held * stakes).sum(axis=0), home, moving, resident, lock, rest_start,
+                        rest_end)
 
 
 @dataclass(frozen=True)
@@ -471,28 +507,31 @@ class _Options:
     home: IntArray  # the column holding most of it
     moving: Array  # [node, region]: bytes that would change node
     resident: Array  # [node, region]: its bytes on each node now
-    lock: IntArray  # the only column it may go to; -1: any
-    resume: IntArray  # where what is left of a move under way starts
+    lock: IntArray  # the column a recent move took part of it to (it may go there or stay); -1: any
+    rest_start: IntArray  # what is left of a move under way: the first stretch no recent move covers
+    rest_end: IntArray
 
     def moves_to(self, target: IntArray, table: RegionTable) -> _Plan:
         """The moves that take each region to ``target``: those that gain, and those the plan displaces.
 
-        For a move under way only what it has not moved yet is a window: it is taken to hold all the
-        region's bytes still off the target (more than the validator's prorated count, so the budget and
-        room stay true)."""
+        A move that has not begun takes the whole region, whose parts hold its bytes in proportion (as the
+        validator counts). For a move under way only the rest is a window, taken to hold all the region's
+        bytes still off the target (more than the validator's count, so the budget and room stay true)."""
         wanted = np.flatnonzero(self.moving[target, np.arange(len(target))] > 0)
         to = target[wanted]
         gain = self.stay[wanted] - self.choices[to, wanted]
         free = self.lock[wanted] == -1
-        keep = ((to != self.home[wanted]) | (gain > 0)) & (free | (self.lock[wanted] == to))  # gather if it pays
-        wanted, to, gain, free = wanted[keep], to[keep], gain[keep], free[keep]
-        starts = np.where(free, table.starts[wanted], self.resume[wanted])
+        starts = np.where(free, table.starts[wanted], self.rest_start[wanted])
+        ends = np.where(free, table.ends[wanted], self.rest_end[wanted])
+        keep = (((to != self.home[wanted]) | (gain > 0)) & (free | (self.lock[wanted] == to))  # gather if it pays
+                & (ends > starts))
+        wanted, to, gain, free, starts, ends = wanted[keep], to[keep], gain[keep], free[keep], starts[keep], ends[keep]
         moving = self.moving[to, wanted]
-        off_target = np.minimum((table.ends[wanted] - starts).astype(np.float64), moving)
+        off_target = np.where(free, moving, np.minimum((ends - starts).astype(np.float64), moving))
         share = off_target / moving
         window = self.resident[:, wanted].T * share[:, None]
-        window[np.arange(len(to)), to] = table.ends[wanted] - starts - off_target
-        return _Plan(starts, table.ends[wanted], to, self.home[wanted], off_target, window, gain * share)
+        window[np.arange(len(to)), to] = 0.0  # what a move frees: nothing on its target
+        return _Plan(starts, ends, to, self.home[wanted], off_target, window, gain * share)
 
 
 def _lowest_two(values: Array) -> tuple[IntArray, Array, Array]:
@@ -555,11 +594,14 @@ def _assign(choices: Array, sizes: Array, capacity: Array, home: IntArray) -> In
 def _schedule(plan: _Plan, ledger: _Ledger, max_attempts: int) -> None:
     """Make the gaining moves in order, each with the displacements it needs, until the budget is spent.
 
-    A node whose best move in could not be made takes no lesser one this interval: they would fail the
-    same way, and trying costs time."""
+    A node below the kernel's headroom is first brought back to it (see :func:`_restore_headroom`); one
+    still below it takes nothing. A move whose gain does not pay for its displacements is skipped; a
+    node whose best move in does not fit takes no lesser one this interval: they would not fit either,
+    and trying costs time."""
     gaining, leaving = plan.order(ledger.budget, max_attempts)
     queues = {node: _Leaving(plan, indices) for node, indices in leaving.items()}
-    blocked: set[int] = set()
+    _restore_headroom(plan, queues, ledger)
+    blocked = {node for node, room in enumerate(ledger.room) if room < 0}
     for index in gaining:
         if ledger.budget < MIN_PART or len(blocked) == len(queues):
             return
@@ -567,27 +609,48 @@ def _schedule(plan: _Plan, ledger: _Ledger, max_attempts: int) -> None:
             continue
         move = plan.candidate(index)
         out = queues[move.target]
-        bundle, gain = _bundle(move, out, ledger)
-        if bundle and gain > 0 and ledger.fits(bundle):
+        bundle = _bundle(move, out, ledger)
+        if not bundle or not ledger.fits(bundle):
+            blocked.add(move.target)
+        elif sum(m.gain for m in bundle) > 0:
             ledger.make(bundle)
             out.commit()
-        else:
-            blocked.add(move.target)
 
 
-def _bundle(move: _Candidate, leaving: _Leaving, ledger: _Ledger) -> tuple[list[_Candidate], float]:
-    """``move`` (or as much of it as the budget allows) after the displacements that make room for it, and
-    what they gain together. A target so full (below the kernel's headroom) that not even a part fits this
-    interval gets the displacements now and the move in a later interval."""
-    room, budget = ledger.room[move.target], ledger.budget
+def _restore_headroom(plan: _Plan, queues: Mapping[int, _Leaving], ledger: _Ledger) -> None:
+    """Move out, least loss first, what takes a node below the kernel's headroom, if the plan gains by
+    filling that node: the validator refuses every move into it until then.
+
+    The deficit is paid once for everything the plan brings in, so it is weighed against the plan's net
+    gain there (all its moves in, less all its moves out), not against the first move's part: that part
+    is small (the budget pays twice, for the deficit and the move) and would never pay for it alone."""
+    incoming = plan.gain > 0
+    net = np.zeros(len(ledger.room))
+    np.add.at(net, plan.target[incoming], plan.gain[incoming])
+    np.add.at(net, plan.home[~incoming], plan.gain[~incoming])
+    for node, room in enumerate(ledger.room):
+        if room >= 0 or net[node] <= 0:
+            continue
+        clearing = queues[node].take(-room, ledger.budget)  # all of it, or as much as the budget allows
+        if clearing and ledger.fits(clearing):
+            ledger.make(clearing)
+            queues[node].commit()
+
+
+def _bundle(move: _Candidate, leaving: _Leaving, ledger: _Ledger) -> list[_Candidate]:
+    """``move``, or as much of it as the budget and the room it can be given allow, after the displacements
+    that make that room (none if no part of it fits)."""
+    room, budget = ledger.usable(move.target), ledger.budget
     # A move into a full node pays twice from the budget: once for itself, once for what makes room.
     affordable = budget if move.moving <= room else (budget + room) / 2
-    part = move.head(affordable)[0] if affordable > 0 else None
-    making_room = leaving.take((part or move).moving - room, budget - (part.moving if part else 0.0))
+    part = move.head(affordable)[0]
     if part is None:
-        return making_room, sum(m.gain for m in making_room) + move.gain
-    bundle = [*making_room, part]
-    return bundle, sum(m.gain for m in bundle)
+        return []
+    making_room = leaving.take(part.moving - room, budget - part.moving)
+    # Displacements move whole pages and may free a little less than asked: the part shrinks to fit.
+    freed = room + sum(m.resident[move.target] for m in making_room)
+    part = part if part.moving <= freed else part.head(freed)[0]
+    return [*making_room, part] if part is not None else []
 
 
 def _reason(move: _Candidate, horizon: float) -> str:

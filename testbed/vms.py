@@ -148,9 +148,12 @@ def up(system_ref: str, *, name: str | None = None, backend: str = "qemu", accel
     record.write(directory)
     try:
         return _start(vm, warm, log)
-    except BaseException:
+    except BootFailed:
         vm.close()
-        vm.machine.stop()
+        vm.machine.stop()  # the directory stays, with its console log, until `llamas down`
+        raise
+    except BaseException:
+        vm.down()
         raise
 
 
