@@ -36,12 +36,16 @@ def measure(start: Callable[[], Vm]) -> tuple[float, float]:
         vm.down()
 
 
-def series(label: str, runs: int, start: Callable[[], Vm]) -> list[object]:
+def series(label: str, runs: int, start: Callable[[], Vm],
+           baseline: float | None = None) -> tuple[float, list[object]]:
+    """The median, and a table row: median, range, speed-up over ``baseline``, load."""
     figures = [measure(start) for _ in range(runs)]
     seconds = [s for s, _ in figures]
     loads = [load for _, load in figures]
-    return [label, f"{statistics.median(seconds):.2f}", f"{min(seconds):.2f}-{max(seconds):.2f}",
-            f"{statistics.median(loads):.2f}"]
+    median = statistics.median(seconds)
+    speedup = f"{baseline / median:.1f}x" if baseline else "1.0x"
+    return median, [label, f"{median:.2f}", f"{min(seconds):.2f}-{max(seconds):.2f}", speedup,
+                    f"{statistics.median(loads):.2f}"]
 
 
 def silent(_: str) -> None:
@@ -63,11 +67,12 @@ def main() -> None:
             return up(args.system, name=name, backend=backend, warm=warm, extra_cmdline=cmdline, log=silent)
 
         start(warm=True).down()  # make sure a saved state exists
-        rows.append(series(f"{backend}: systemd boot (baseline)", args.runs, lambda: start(False, SYSTEMD)))
-        rows.append(series(f"{backend}: lean cold boot", args.runs, lambda: start(False)))
-        rows.append(series(f"{backend}: warm restore", args.runs, lambda: start(True)))
+        baseline, row = series(f"{backend}: systemd boot (baseline)", args.runs, lambda: start(False, SYSTEMD))
+        rows.append(row)
+        rows.append(series(f"{backend}: lean cold boot", args.runs, lambda: start(False), baseline)[1])
+        rows.append(series(f"{backend}: warm restore", args.runs, lambda: start(True), baseline)[1])
     print(f"boot to ready on {args.system}, {args.runs} runs each, {os.cpu_count()} host cores")
-    print(render_table(["boot", "median s", "range s", "load avg"], rows))
+    print(render_table(["boot", "median s", "range s", "vs systemd", "load avg"], rows))
 
 
 if __name__ == "__main__":

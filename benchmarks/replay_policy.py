@@ -309,8 +309,10 @@ def parse_setting(text: str) -> tuple[str, object]:
 
 
 def parse_epochs(text: str) -> range:
-    first, _, last = text.partition(":")
-    return range(int(first or 0), int(last) if last else 1 << 30)
+    """FIRST:LAST (both included; either may be left out) or one epoch."""
+    first, colon, last = text.partition(":")
+    start = int(first or 0)
+    return range(start, int(last) + 1 if last else 1 << 30) if colon else range(start, start + 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", help="whose recorded observations (default: the policy's own run)")
     parser.add_argument("--profiles-from", type=Path, help="llamas: the run holding llamas-setup.json "
                                                             "(default: RUN_DIR/runs/llamas)")
-    parser.add_argument("--epochs", type=parse_epochs, default=range(1 << 30), help="FIRST:LAST, printed only")
+    parser.add_argument("--epochs", type=parse_epochs, default=range(1 << 30), help="FIRST:LAST or one epoch: the intervals to print")
     parser.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
                         metavar="NAME=NUMBER", help="a setting of the policy (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="moves only, not what the buffers looked like")

@@ -48,7 +48,7 @@ intervals may only go on towards where that move went, never back.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -127,6 +127,7 @@ class BackendSettings:
     cooldown_intervals: int = 5  # a moved range stays put this many intervals
     smoothing: float = 0.5  # the newest observation's weight in a region's rates (1: no memory)
     migration_throughput: float = 2e9  # bytes/s: what a move costs (the score's default)
+    move_overhead_ns: float = 1e6  # and once per move: a request to the guest (ms under TCG): no crumbs
     wear_penalty: float = 1.0  # a write to a medium that wears costs this much more
     saturation: float = 0.99  # sampled shares above this say only "at least this often"
     unmeasured_written_fraction: float = 0.5  # when the guest could not tell: neither side favoured
@@ -136,7 +137,8 @@ class BackendSettings:
     def __post_init__(self) -> None:
         checks = {"horizon_intervals": self.horizon_intervals > 0, "margin": self.margin >= 0,
                   "cooldown_intervals": self.cooldown_intervals >= 0, "smoothing": 0 < self.smoothing <= 1,
-                  "migration_throughput": self.migration_throughput > 0, "wear_penalty": self.wear_penalty >= 0,
+                  "migration_throughput": self.migration_throughput > 0, "move_overhead_ns": self.move_overhead_ns >= 0,
+                  "wear_penalty": self.wear_penalty >= 0,
                   "saturation": 0 < self.saturation < 1,
                   "unmeasured_written_fraction": 0 <= self.unmeasured_written_fraction <= 1,
                   "headroom_bytes": self.headroom_bytes >= 0, "max_attempts": self.max_attempts > 0}
@@ -219,14 +221,24 @@ def node_room(nodes: Iterable[NodeView], node_ids: Sequence[int], headroom: int)
 
 @dataclass(frozen=True)
 class _Candidate:
-    """A move the plan wants: a window of a region, with what it changes, all prorated to the window."""
+    """A move the plan wants: a window of a region, with what it changes, prorated to the window.
+
+    Room is counted as ``testbed.validate`` counts it: what a window frees on a node is the region's
+    resident bytes there times the window's share of the region, rounded down. What it moves is that count
+    or more (the rest of a move under way is taken to be all off its target)."""
 
     start: int
     end: int
     target: int  # node column
-    moving: float  # bytes that change node: what the budget and the target's room pay (as the validator counts)
-    resident: list[float]  # bytes of the window on each node column now: what the move frees there (0 on target)
+    moving: float  # bytes that change node: what the budget and the target's room pay
     gain: float  # ns over the horizon, after the move's cost; negative for a region displaced by the plan
+    region_size: int
+    region_held: list[int]  # the region's resident bytes on each node column (0 on the target: nothing freed)
+
+    @property
+    def resident(self) -> list[int]:
+        """Bytes of the window on each node column: what the move frees there."""
+        return [held * (self.end - self.start) // self.region_size for held in self.region_held]
 
     def head(self, charge: float) -> tuple[_Candidate | None, _Candidate | None]:
         """The leading part of the window that costs at most ``charge``, and the rest (None where empty).
@@ -241,8 +253,7 @@ class _Candidate:
 
     def _part(self, start: int, end: int) -> _Candidate:
         share = (end - start) / (self.end - self.start)
-        return _Candidate(start, end, self.target, self.moving * share, [held * share for held in self.resident],
-                          self.gain * share)
+        return replace(self, start=start, end=end, moving=self.moving * share, gain=self.gain * share)
 
 
 @dataclass
@@ -253,15 +264,10 @@ class _Ledger:
     budget: float
     moves: list[_Candidate] = field(default_factory=list)
 
-    def usable(self, node: int) -> float:
-        """Room a move into ``node`` may take: the validator rounds each region's share of a move down, so
-        what the moves before it free may come out a few bytes short (a page covers thousands of them)."""
-        return self.room[node] - PAGE_SIZE
-
     def fits(self, bundle: Sequence[_Candidate]) -> bool:
         room, budget = list(self.room), self.budget
         for move in bundle:
-            if move.moving > budget or move.moving > room[move.target] - PAGE_SIZE:
+            if move.moving > budget or move.moving > room[move.target]:
                 return False
             budget -= move.moving
             room = self._after(room, move)
@@ -284,38 +290,43 @@ class _Ledger:
 class _Plan:
     """The moves from where regions are to where the assignment puts them, as arrays (one per move)."""
 
-    starts: IntArray  # where the window starts: after the part already moved, for a move under way
+    starts: IntArray  # the window: the region, or for a move under way what is left of it
     ends: IntArray
     target: IntArray
     home: IntArray
-    moving: Array
-    resident: Array  # [move, node column]
+    moving: Array  # bytes the window moves (see _Candidate)
     gain: Array
+    region_sizes: IntArray
+    region_held: IntArray  # [move, node column]: the region's resident bytes, 0 on the target
 
     def order(self, budget: float, limit: int) -> tuple[list[int], dict[int, list[int]]]:
-        """The gaining moves, best gain per byte first, and by the node they leave the displaced ones, least
-        loss per byte first; only as many as the budget could make."""
+        """The gaining moves, best gain per byte moved first, and by the node they leave the displaced ones,
+        least loss per byte freed there first; only as many as the budget could make. (The rest of a move
+        under way frees less than it moves, as the validator counts.)"""
         density = self.gain / self.moving
         gaining = np.flatnonzero(self.gain > 0)
         gaining = gaining[_largest_first(density[gaining], limit)]
         gaining = gaining[np.cumsum(self.moving[gaining]) <= 2 * budget + self.moving[gaining]]  # some fail
         leaving = {}
-        for node in range(self.resident.shape[1]):
+        for node in range(self.region_held.shape[1]):
             pool = np.flatnonzero((self.gain <= 0) & (self.home == node))
-            leaving[node] = pool[_largest_first(density[pool], limit)].tolist()
+            freed = self.region_held[pool, node] * ((self.ends - self.starts)[pool] / self.region_sizes[pool])
+            leaving[node] = pool[_largest_first(self.gain[pool] / np.maximum(freed, 1.0), limit)].tolist()
         return gaining.tolist(), leaving
 
     def candidate(self, index: int) -> _Candidate:
         # Made one at a time, when needed: a Python object per region would cost more than the rest.
         return _Candidate(int(self.starts[index]), int(self.ends[index]), int(self.target[index]),
-                          float(self.moving[index]), self.resident[index].tolist(), float(self.gain[index]))
+                          float(self.moving[index]), float(self.gain[index]), int(self.region_sizes[index]),
+                          self.region_held[index].tolist())
 
 
 class _Leaving:
     """The displaced moves out of one node, least loss first, taken whole or in part as bundles need room."""
 
-    def __init__(self, plan: _Plan, indices: list[int]) -> None:
+    def __init__(self, plan: _Plan, node: int, indices: list[int]) -> None:
         self._plan = plan
+        self._node = node
         self._indices = indices
         self._taken: tuple[int, _Candidate | None] = (0, None)  # (how many are used up, what is left of the next)
         self._offer: tuple[int, _Candidate | None] = self._taken
@@ -327,11 +338,13 @@ class _Leaving:
         while room > 0 and (rest is not None or used < len(self._indices)):
             if rest is None:
                 rest, used = self._plan.candidate(self._indices[used]), used + 1
-            part, rest = rest.head(min(budget, max(room, MIN_PART)))  # a last part of at least MIN_PART
+            # What a window frees here may be less than what it moves (the rest of a move under way).
+            charge = room * rest.moving / max(rest.resident[self._node], 1)
+            part, rest = rest.head(min(budget, max(charge, MIN_PART)))  # a last part of at least MIN_PART
             if part is None:
                 break
             parts.append(part)
-            room -= part.moving
+            room -= part.resident[self._node]
             budget -= part.moving
         self._offer = (used, rest)
         return parts
@@ -352,31 +365,27 @@ class _RecentMoves:
     def add(self, moves: Iterable[Migrate], epoch: int) -> None:
         self._moves += [(move.start, move.end, move.node, epoch) for move in moves]
 
-    def locks(self, table: RegionTable, epoch: int) -> tuple[IntArray, IntArray, IntArray]:
-        """For each region: the node a recent overlapping move went to (-1: none), and the first stretch of
-        it, [start, end), that no recent move covers: where the rest of a move under way goes on (empty when
-        recent moves cover it all). DAMON splits and merges regions between intervals, so a moved range
-        may lie anywhere in a region: at its start, its end or inside."""
+    def locks(self, table: RegionTable, epoch: int) -> tuple[IntArray, IntArray]:
+        """For each region: the node a recent overlapping move went to (-1: none), and the first byte of it
+        that no recent move covers: the rest of a move under way starts there (DAMON splits and merges
+        regions between intervals, so a moved range may lie anywhere in a region: at its start, its end
+        or inside). The region's end when recent moves cover all of it from there."""
         self._moves = [move for move in self._moves if epoch - move[3] < self._cooldown]
         if not self._moves:
-            return np.full(len(table), -1, dtype=np.int64), table.starts, table.ends
+            return np.full(len(table), -1, dtype=np.int64), table.starts
         moved = np.array(sorted(self._moves), dtype=np.int64)
         reach = np.maximum.accumulate(moved[:, 1])  # the furthest end among the moves starting up to each
         holder = np.maximum.accumulate(np.where(moved[:, 1] >= reach, np.arange(len(moved)), 0))
         last = np.searchsorted(moved[:, 0], table.ends, side="left") - 1  # the last move starting before each end
         found = holder[np.maximum(last, 0)]
         lock = np.where((last >= 0) & (moved[found, 1] > table.starts), moved[found, 2], -1)
-        # The moved ranges as disjoint stretches [low, high), in order.
+        # The moved ranges as disjoint stretches [low, high), in order; the one ending after a region's start
+        # covers that start if it begins at or before it.
         first = np.flatnonzero(np.concatenate(([True], moved[1:, 0] > reach[:-1])))
         low, high = moved[first, 0], reach[np.append(first[1:] - 1, len(moved) - 1)]
-        covering = np.searchsorted(high, table.starts, side="right")  # the first stretch ending after the start
-        inside = covering < len(low)
-        at = np.minimum(covering, len(low) - 1)
-        rest_start = np.where(inside & (low[at] <= table.starts), high[at], table.starts)
-        following = np.searchsorted(low, rest_start, side="right")  # the first stretch starting after it
-        rest_end = np.minimum(table.ends, np.where(following < len(low), low[np.minimum(following, len(low) - 1)],
-                                                   table.ends))
-        return lock, np.minimum(rest_start, table.ends), rest_end
+        covering = np.minimum(np.searchsorted(high, table.starts, side="right"), len(low) - 1)
+        covered = (high[covering] > table.starts) & (low[covering] <= table.starts)
+        return lock, np.where(covered, np.minimum(high[covering], table.ends), table.starts)
 
 
 class _RateHistory:
@@ -482,20 +491,19 @@ class Backend:
         reads, writes = self._history.blend(table, *self.rates(table))
         stakes = self.settings.horizon_intervals * self.interval_s * self.costs(sizes, reads, writes, node_ids)
         moving = held - resident
-        move_cost = moving * (1e9 / self.settings.migration_throughput)
+        move_cost = moving * (1e9 / self.settings.migration_throughput) + self.settings.move_overhead_ns * (moving > 0)
         choices = stakes * (1 + self.settings.margin * (moving > 0)) + move_cost
         home = _lowest_two(-resident)[0]
         # A region a recent move touched may stay or go on towards where that move went (even a node the
         # backend does not know: column len(node_ids), which no choice has), never elsewhere.
-        lock_node, rest_start, rest_end = self._recent.locks(table, epoch)
+        lock_node, resume = self._recent.locks(table, epoch)
         lock = np.full(len(sizes), -1, dtype=np.int64)
         locked = np.flatnonzero(lock_node >= 0)
         lock[locked] = [node_ids.index(n) if n in node_ids else len(node_ids) for n in lock_node[locked].tolist()]
         column = np.arange(len(node_ids))[:, None]
         allowed = (column == lock[locked]) | (column == home[locked])
         choices[:, locked] = np.where(allowed, choices[:, locked], FORBIDDEN)
-        return _Options(choices, (resident / held * stakes).sum(axis=0), home, moving, resident, lock, rest_start,
-                        rest_end)
+        return _Options(choices, (resident / held * stakes).sum(axis=0), home, moving, resident, lock, resume)
 
 
 @dataclass(frozen=True)
@@ -508,30 +516,30 @@ class _Options:
     moving: Array  # [node, region]: bytes that would change node
     resident: Array  # [node, region]: its bytes on each node now
     lock: IntArray  # the column a recent move took part of it to (it may go there or stay); -1: any
-    rest_start: IntArray  # what is left of a move under way: the first stretch no recent move covers
-    rest_end: IntArray
+    resume: IntArray  # where what is left of a move under way starts
 
     def moves_to(self, target: IntArray, table: RegionTable) -> _Plan:
         """The moves that take each region to ``target``: those that gain, and those the plan displaces.
 
         A move that has not begun takes the whole region, whose parts hold its bytes in proportion (as the
-        validator counts). For a move under way only the rest is a window, taken to hold all the region's
-        bytes still off the target (more than the validator's count, so the budget and room stay true)."""
+        validator counts). For a move under way only the rest, from where recent moves stop covering it, is
+        a window, taken to hold all the region's bytes still off the target (more than the validator's
+        count, so the budget and room stay true)."""
         wanted = np.flatnonzero(self.moving[target, np.arange(len(target))] > 0)
         to = target[wanted]
         gain = self.stay[wanted] - self.choices[to, wanted]
         free = self.lock[wanted] == -1
-        starts = np.where(free, table.starts[wanted], self.rest_start[wanted])
-        ends = np.where(free, table.ends[wanted], self.rest_end[wanted])
+        starts = np.where(free, table.starts[wanted], self.resume[wanted])
         keep = (((to != self.home[wanted]) | (gain > 0)) & (free | (self.lock[wanted] == to))  # gather if it pays
-                & (ends > starts))
-        wanted, to, gain, free, starts, ends = wanted[keep], to[keep], gain[keep], free[keep], starts[keep], ends[keep]
+                & (table.ends[wanted] > starts))
+        wanted, to, gain, free, starts = wanted[keep], to[keep], gain[keep], free[keep], starts[keep]
+        ends = table.ends[wanted]
         moving = self.moving[to, wanted]
         off_target = np.where(free, moving, np.minimum((ends - starts).astype(np.float64), moving))
-        share = off_target / moving
-        window = self.resident[:, wanted].T * share[:, None]
-        window[np.arange(len(to)), to] = 0.0  # what a move frees: nothing on its target
-        return _Plan(starts, ends, to, self.home[wanted], off_target, window, gain * share)
+        held = self.resident[:, wanted].T.astype(np.int64)  # sampled bytes: whole numbers
+        held[np.arange(len(to)), to] = 0
+        return _Plan(starts, ends, to, self.home[wanted], off_target, gain * off_target / moving,
+                     (table.ends - table.starts)[wanted], held)
 
 
 def _lowest_two(values: Array) -> tuple[IntArray, Array, Array]:
@@ -599,7 +607,7 @@ def _schedule(plan: _Plan, ledger: _Ledger, max_attempts: int) -> None:
     node whose best move in does not fit takes no lesser one this interval: they would not fit either,
     and trying costs time."""
     gaining, leaving = plan.order(ledger.budget, max_attempts)
-    queues = {node: _Leaving(plan, indices) for node, indices in leaving.items()}
+    queues = {node: _Leaving(plan, node, indices) for node, indices in leaving.items()}
     _restore_headroom(plan, queues, ledger)
     blocked = {node for node, room in enumerate(ledger.room) if room < 0}
     for index in gaining:
@@ -640,14 +648,14 @@ def _restore_headroom(plan: _Plan, queues: Mapping[int, _Leaving], ledger: _Ledg
 def _bundle(move: _Candidate, leaving: _Leaving, ledger: _Ledger) -> list[_Candidate]:
     """``move``, or as much of it as the budget and the room it can be given allow, after the displacements
     that make that room (none if no part of it fits)."""
-    room, budget = ledger.usable(move.target), ledger.budget
+    room, budget = ledger.room[move.target], ledger.budget
     # A move into a full node pays twice from the budget: once for itself, once for what makes room.
     affordable = budget if move.moving <= room else (budget + room) / 2
     part = move.head(affordable)[0]
     if part is None:
         return []
     making_room = leaving.take(part.moving - room, budget - part.moving)
-    # Displacements move whole pages and may free a little less than asked: the part shrinks to fit.
+    # What displacements free is rounded down, and may come out a little short: the part shrinks to fit.
     freed = room + sum(m.resident[move.target] for m in making_room)
     part = part if part.moving <= freed else part.head(freed)[0]
     return [*making_room, part] if part is not None else []
