@@ -28,6 +28,7 @@ from policies.frontend import DeviceProfile, ProfileResult, default_cache, profi
 from policies.llm_client import LlmClient, connect, replay, settings_from_env
 from testbed.catalog import Catalog, default_catalog
 from testbed.errors import UserError
+from testbed.llm_server import MODELS, server_status, stop_server
 from testbed.model import Device, DeviceKind
 from testbed.table import render_table
 from testbed.units import format_bandwidth, format_latency, format_size
@@ -155,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="re-score the answers recorded in a transcript (no LLM; seconds are replay time)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print the dropped fields and why")
     args = parser.parse_args(argv)
+    already_serving = {name for name in MODELS if server_status(name) is not None}
     try:
         all_cases = cases(default_catalog())
         for client in clients(args):
@@ -164,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"frontend benchmark: {error}", file=sys.stderr)
         return error.exit_code
+    finally:  # embedded servers this run started are stopped; others are left as they were
+        for name in set(MODELS) - already_serving:
+            stop_server(name)
     return 0
 
 

@@ -24,25 +24,35 @@ Assignment
 ----------
 A horizon of a few intervals turns rates into stakes: staying costs the horizon
 times the cost here; going to node n costs the horizon times the cost there
-times (1 + margin), plus the move at the migration throughput. Greedy rounds
+times (1 + margin), plus the move at the migration throughput and a fixed cost
+per move. Regions larger than half a budget are cut into pieces of that size, so
+that a plan may keep part of a large region and move the rest. Greedy rounds
 then give each region a node within the nodes' capacities: regions propose to
 their cheapest node, most regret per byte first (what a byte loses if it does
 not get that node); a node accepts them until it is full, and the rest propose
 to their next choice. The moves that reach that plan are made within the
 interval's budget, best gain per byte first; a move into a full node brings
-along moves out of it that the plan wants (least loss first, made before it),
-and the bundle is made only if its net gain is positive (a node below the
-kernel's headroom gets the moves out now, the move in a later interval). A
-region larger than the budget or the room moves in parts, interval after
-interval. Budget and room are counted as ``testbed.validate`` counts them, or
-more where that count is low (the rest of a move under way).
+along moves out of it that the plan wants (least loss per byte freed first,
+made before it), and the bundle is made only if its net gain is positive. A
+node below the kernel's headroom takes nothing until that much has left it, so
+the deficit is moved out first, once, if the plan gains by filling the node:
+charged to the first move alone it would never pay. A region larger than the
+budget or the room moves in parts, interval after interval. Budget and room are
+counted as ``testbed.validate`` counts them (resident bytes, prorated to a
+part of a region and rounded down), or more where that count is low (the rest
+of a move under way). Where room and budget allow, moves out go first, each
+kind in address order, so that adjacent moves merge into one request.
+
+The backend is the only one to place pages: its setup turns the kernel's NUMA
+balancing off, which would otherwise pull whatever the CPU touches into the
+room the backend makes, whatever the devices.
 
 Hysteresis
 ----------
-The margin and the move cost keep small or short-lived gains from moving
-anything. Rates are smoothed over intervals by address, so one noisy DAMON
-sample moves nothing on its own. A region a move touched in the last few
-intervals may only go on towards where that move went, never back.
+The margin, the move cost and the fixed cost per move keep small or short-lived
+gains from moving anything. Rates are smoothed over intervals by address, so one
+noisy DAMON sample moves nothing on its own. A region a move touched in the last
+few intervals may stay or go on towards where that move went, never back.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ import numpy.typing as npt
 
 from policies.base import Action, Migrate, NodeView, Observation, Policy, PolicyContext, RegionView, Setup
 from policies.frontend import DeviceProfile
+from testbed.guest_client import TieringSettings
 from testbed.model import PAGE_SIZE
 from testbed.validate import NODE_HEADROOM
 
@@ -181,6 +192,22 @@ class RegionTable:
     def subset(self, rows: IntArray) -> RegionTable:
         return RegionTable(self.starts[rows], self.ends[rows], self.access_rate[rows], self.written[rows],
                            self.resident[:, rows], self.node_ids)
+
+    def split(self, limit: int, whole: BoolArray) -> tuple[RegionTable, IntArray]:
+        """Regions larger than ``limit`` (but those ``whole`` says not to cut) as pieces of about that size
+        (whole pages), each holding its share of the region's bytes as the validator counts a part of a
+        region; and the region each piece comes from."""
+        lengths = self.ends - self.starts
+        counts = np.where(whole, 1, np.maximum(1, -(-lengths // limit)))
+        rows = np.repeat(np.arange(len(self)), counts)
+        if rows.size == len(self):
+            return self, rows
+        step = np.repeat(-(-lengths // counts // PAGE_SIZE) * PAGE_SIZE, counts)
+        index = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        starts = self.starts[rows] + index * step
+        ends = np.minimum(starts + step, self.ends[rows])
+        return RegionTable(starts, ends, self.access_rate[rows], self.written[rows],
+                           self.resident[:, rows] * ((ends - starts) / lengths[rows]), self.node_ids), rows
 
     @property
     def sizes(self) -> Array:
@@ -338,8 +365,9 @@ class _Leaving:
         while room > 0 and (rest is not None or used < len(self._indices)):
             if rest is None:
                 rest, used = self._plan.candidate(self._indices[used]), used + 1
-            # What a window frees here may be less than what it moves (the rest of a move under way).
-            charge = room * rest.moving / max(rest.resident[self._node], 1)
+            # What a window frees here may be less than what it moves (the rest of a move under way); a page
+            # more, as parts are whole pages.
+            charge = (room + PAGE_SIZE) * rest.moving / max(rest.resident[self._node], 1)
             part, rest = rest.head(min(budget, max(charge, MIN_PART)))  # a last part of at least MIN_PART
             if part is None:
                 break
@@ -470,21 +498,28 @@ class Backend:
         if rows.size == 0 or len(columns) < 2:
             return []
         sub = table if rows.size == len(table) else table.subset(rows)
+        lock, resume = self._recent.locks(sub, epoch)
+        # A region no recent move touched goes in pieces of half a budget, so that the plan may keep part of a
+        # large region and move the rest out; one under way stays whole (its rest holds its bytes off target).
+        sub, pieces = sub.split(max(MIN_PART, self.migration_budget // 2 // PAGE_SIZE * PAGE_SIZE), lock >= 0)
         node_ids = [table.node_ids[column] for column in columns]
-        options = self._options(sub, columns, epoch)
+        options = self._options(sub, columns, lock[pieces], resume[pieces])
         room = node_room(nodes, node_ids, self.settings.headroom_bytes)
         target = _assign(options.choices, options.resident.sum(axis=0), room + options.resident.sum(axis=1),
                          options.home)
         ledger = _Ledger(room.tolist(), float(self.migration_budget))
         _schedule(options.moves_to(target, sub), ledger, self.settings.max_attempts)
         horizon = self.settings.horizon_intervals * self.interval_s
+        moves = _in_tidy_order(ledger.moves, _Ledger(room.tolist(), float(self.migration_budget)))
         actions = _merged([Migrate(move.start, move.end, node_ids[move.target], _reason(move, horizon))
-                           for move in ledger.moves])
+                           for move in moves])
         self._recent.add(actions, epoch)
         return actions
 
-    def _options(self, table: RegionTable, columns: Sequence[int], epoch: int) -> _Options:
-        """What each region would cost over the horizon on each node, moving there included."""
+    def _options(self, table: RegionTable, columns: Sequence[int], lock_node: IntArray, resume: IntArray
+                 ) -> _Options:
+        """What each region would cost over the horizon on each node, moving there included; ``lock_node``
+        and ``resume`` say where a recent move took part of it, and where the rest starts."""
         node_ids = [table.node_ids[column] for column in columns]
         resident, sizes = table.resident[columns], table.sizes
         held = resident.sum(axis=0)
@@ -496,7 +531,6 @@ class Backend:
         home = _lowest_two(-resident)[0]
         # A region a recent move touched may stay or go on towards where that move went (even a node the
         # backend does not know: column len(node_ids), which no choice has), never elsewhere.
-        lock_node, resume = self._recent.locks(table, epoch)
         lock = np.full(len(sizes), -1, dtype=np.int64)
         locked = np.flatnonzero(lock_node >= 0)
         lock[locked] = [node_ids.index(n) if n in node_ids else len(node_ids) for n in lock_node[locked].tolist()]
@@ -557,9 +591,10 @@ def _lowest_two(values: Array) -> tuple[IntArray, Array, Array]:
 
 
 def _largest_first(keys: Array, limit: int) -> IntArray:
-    """Indices of the ``limit`` largest keys, largest first (only those are sorted)."""
-    picks = np.argpartition(-keys, limit)[:limit] if keys.size > limit else np.arange(keys.size)
-    return picks[np.argsort(-keys[picks])]
+    """Indices of the ``limit`` largest keys, largest first, in index order among equals (pieces of one
+    region stay in address order); only those are sorted."""
+    picks = np.sort(np.argpartition(-keys, limit)[:limit]) if keys.size > limit else np.arange(keys.size)
+    return picks[np.argsort(-keys[picks], kind="stable")]
 
 
 def _assign(choices: Array, sizes: Array, capacity: Array, home: IntArray) -> IntArray:
@@ -666,6 +701,13 @@ def _reason(move: _Candidate, horizon: float) -> str:
     return f"gains {gain_ms:.3g} ms/s" if move.gain > 0 else f"makes room (costs {-gain_ms:.3g} ms/s)"
 
 
+def _in_tidy_order(moves: list[_Candidate], ledger: _Ledger) -> list[_Candidate]:
+    """The moves that make room first, then the others, each in address order, so that adjacent ones merge
+    into one request to the guest; as scheduled if room or budget (``ledger``, unused) do not allow it."""
+    tidy = sorted(moves, key=lambda move: (move.gain > 0, move.start))
+    return tidy if ledger.fits(tidy) else moves
+
+
 def _merged(actions: list[Migrate]) -> list[Migrate]:
     """Consecutive moves of adjacent ranges to the same node, as one."""
     merged: list[Migrate] = []
@@ -676,6 +718,13 @@ def _merged(actions: list[Migrate]) -> list[Migrate]:
         else:
             merged.append(action)
     return merged
+
+
+# The backend places the pages itself. The kernel's NUMA balancing would move them too, on hinting faults,
+# to the node of the CPU that touches them whatever the devices: into the room the backend makes for other
+# data (read-only data onto DRAM, where write-hot data should go), and back after the backend moves them.
+SOLE_PLACER = TieringSettings(numa_balancing=0, demotion_enabled=None)
+SOLE_PLACER_NOTE = "numa_balancing=0: the backend alone places pages (the kernel's NUMA balancing would fight it)"
 
 
 class BackendPolicy(Policy):
@@ -702,7 +751,8 @@ class BackendPolicy(Policy):
                      for node, model in models.items() if model is None)
 
     def setup(self, context: PolicyContext) -> Setup:
-        return Setup(notes=self.build_backend(context, {n.id: NodeModel.from_hmat(n) for n in context.nodes}))
+        notes = self.build_backend(context, {n.id: NodeModel.from_hmat(n) for n in context.nodes})
+        return Setup(tiering=SOLE_PLACER, notes=(*notes, SOLE_PLACER_NOTE))
 
     def decide(self, observation: Observation) -> list[Action]:
         return [*self.backend.decide(observation)]

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.backend import Backend, BackendPolicy, BackendSettings, NodeModel
+from policies.backend import SOLE_PLACER, SOLE_PLACER_NOTE, Backend, BackendPolicy, BackendSettings, NodeModel
 from policies.base import NodeView, PolicyContext, PolicyKind, RegionHint, Setup
 from policies.frontend import (
     QUOTE_LIMIT,
@@ -386,7 +386,7 @@ class LlamasPolicy(BackendPolicy):
             notes += placement_notes(hints)
         self._setup_seconds = time.monotonic() - started
         _write_setup_record(context.run_dir / SETUP_RECORD, self.readings, hints, self._setup_seconds)
-        return Setup(placement=hints.placement, notes=tuple(notes))
+        return Setup(tiering=SOLE_PLACER, placement=hints.placement, notes=(*notes, SOLE_PLACER_NOTE))
 
     def usage(self) -> dict[str, float]:
         metered = self._meter.usage() if self._meter else {}

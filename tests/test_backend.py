@@ -151,6 +151,56 @@ def test_a_swap_between_full_nodes_waits_for_room() -> None:
     assert decide(backend(DRAM, READOPT), observe([catalog, counters], [FULL, FULL])) == []
 
 
+def test_a_node_below_the_kernels_headroom_is_brought_back_to_it_first() -> None:
+    # First touch left DRAM 54 MiB below the headroom the validator keeps: nothing can come in until that
+    # much leaves. The deficit is paid once for everything that waits to come in, not by the first part.
+    table = region(0, 840, node=0, rate=0.0, written=0.02)  # loaded first, touched now and then
+    counters = region(1, 96, node=1, rate=0.1, written=1.0)  # written all the time
+    policy = backend(DRAM, READOPT, budget=64 * MIB)
+    moves = decide(policy, observe([table, counters], [FULL - 54, 500]))
+    out = sum(m.size for m in moves if m.node == 1)
+    assert out >= 54 * MIB and [m.node for m in moves][-1] == 0
+    assert sum(m.size for m in moves) <= 64 * MIB
+
+
+def test_room_is_counted_as_the_validator_counts_it_where_regions_span_unmapped_gaps() -> None:
+    # DAMON regions span unmapped gaps: half of this one's range holds pages. Moving a part of it frees
+    # half that part (the validator prorates resident bytes), not all of it.
+    gappy = RegionView(0, 2**30, 2**30 + 256 * MIB, 0.0, 5, 0.0, {0: 128 * MIB})
+    hot = region(1, 32, node=1, rate=0.9, written=1.0)
+    moves = decide(backend(DRAM, READOPT, budget=64 * MIB), observe([gappy, hot], [FULL, 500]))
+    assert moved(moves, [gappy, hot]) == {hot.id: 0}
+
+
+def test_a_region_mostly_moved_at_its_end_lately_can_still_make_room() -> None:
+    # DAMON merged regions after last interval's move of 63 MiB near the table's end: what is left to go on
+    # towards where that move went starts at the region's start, not after the move.
+    policy = backend(DRAM, READOPT, budget=80 * MIB)
+    start = 2**30
+    policy.remember([Migrate(start + 192 * MIB, start + 255 * MIB, 1)], epoch=0)
+    table = RegionView(0, start, start + 256 * MIB, 0.0, 5, 0.0, {0: 193 * MIB, 1: 63 * MIB})
+    counters = region(1, 32, node=1, rate=0.9, written=1.0)
+    moves = decide(policy, observe([table, counters], [FULL, 500], epoch=1))
+    assert moved(moves, [table, counters]) == {counters.id: 0}
+    assert all(m.end <= start + 192 * MIB for m in moves if m.node == 1)  # not what is already there
+
+
+def test_a_move_that_does_not_pay_for_the_room_it_needs_does_not_stop_better_ones() -> None:
+    # One hot page gains more per byte than anything, but less than it costs to move out the least a
+    # displacement moves (a huge page of the table): it is skipped, and the counters still come in.
+    page = RegionView(0, 2**30, 2**30 + 4096, rate_for(200), 5, 1.0, {1: 4096})
+    table = region(1, 256, node=0, rate=0.01, written=0.1)
+    counters = region(2, 64, node=1, rate=0.5, written=0.3)
+    regions = [page, table, counters]
+    assert moved(decide(backend(DRAM, READOPT), observe(regions, [FULL, 500])), regions) == {counters.id: 0}
+
+
+def test_crumbs_are_not_worth_a_move() -> None:
+    # A few pages whose move would gain a fraction of a millisecond: not worth a request to the guest.
+    crumbs = RegionView(0, 2**30, 2**30 + 3 * 4096, rate_for(20), 5, 0.5, {1: 3 * 4096})
+    assert decide(backend(DRAM, READOPT), observe([crumbs], [500, 500])) == []
+
+
 # --- hysteresis -------------------------------------------------------------------------------
 
 
@@ -274,5 +324,7 @@ def test_the_backend_policy_costs_nodes_from_hmat_and_notes_the_rest(tmp_path: P
     policy = BackendPolicy()
     with pytest.raises(RuntimeError, match="before setup"):
         policy.decide(observe([], [500, 500]))
-    assert policy.setup(context).notes == ("node 1: no latency known; the backend leaves its pages where they are",)
+    setup = policy.setup(context)
+    assert setup.notes[0] == "node 1: no latency known; the backend leaves its pages where they are"
+    assert setup.tiering is not None and setup.tiering.numa_balancing == 0  # the backend alone places pages
     assert policy.decide(observe([region(0, 64, node=1, rate=0.9)], [500, 500])) == []
