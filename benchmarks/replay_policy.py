@@ -9,8 +9,17 @@ the recorded run did. Placements do not change in a replay — every interval
 sees what the recorded run saw — so it shows decisions, not their outcomes:
 use it to see why a policy waits, moves too little, or is refused.
 
+With ``--what-if`` placements do change, in a model: the workload's pages move
+as the policy says (within the validator's checks and the budget, each 2 MiB
+chunk taken to hold its pages evenly), the policy sees the recorded DAMON
+regions with that residency, and the recorded ground truth scores the result
+as ``testbed.score`` does. The kernel's own migrations in the recorded run are
+left out (a backend policy turns the kernel's NUMA balancing off). An estimate,
+good for comparing settings and versions of a policy in seconds; a run in the
+VM says what really happens.
+
     .venv/bin/python benchmarks/replay_policy.py RUN_DIR [--policy llamas] [--source hot-cold]
-        [--epochs 0:10] [--set horizon_intervals=5 --set margin=0.2] [--quiet]
+        [--epochs 0:10] [--set horizon_intervals=5 --set margin=0.2] [--quiet] [--what-if]
 
 RUN_DIR is what ``llamas run ... --out RUN_DIR`` wrote. The observations come
 from ``runs/<source>`` (default: the policy's own run). The policy's context
@@ -18,6 +27,7 @@ from ``runs/<source>`` (default: the policy's own run). The policy's context
 copy of the system. ``llamas`` gets the device profiles its run recorded in
 ``llamas-setup.json`` (no LLM call; replay ``--source`` another policy's
 observations with them all the same); other policies are set up from scratch.
+A policy that asks an LLM every interval (``llamas-direct``) cannot be replayed.
 """
 
 from __future__ import annotations
@@ -26,17 +36,18 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from policies.backend import BackendPolicy, NodeModel
+from policies.backend import NodeModel
 from policies.base import Action, Migrate, NodeView, Observation, Policy, PolicyContext, RegionView
 from policies.frontend import DataKind, DeviceProfile
 from policies.llamas import SETUP_RECORD, LlamasPolicy
+from policies.llamas_direct import LlamasDirectPolicy
 from policies.registry import make_policy
 from testbed.catalog import Catalog
 from testbed.hmat import expected_tier, hmat_targets, local_entry
@@ -61,10 +72,14 @@ class RecordedRun:
 
 
 def load_run(run_dir: Path, source: str) -> RecordedRun:
+    """The experiment, system and timeline of ``source``'s run in ``run_dir``."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     experiment = manifest["experiment"]
     system = Catalog(run_dir / "catalog").load_system(experiment["system"])
     directory = run_dir / "runs" / source
+    if not (directory / "timeline.jsonl").exists():
+        runs = sorted(path.name for path in (run_dir / "runs").glob("*") if (path / "timeline.jsonl").exists())
+        raise SystemExit(f"{run_dir}: no run of {source!r} (give --source, one of: {', '.join(runs) or 'none'})")
     timeline = read_timeline(directory / "timeline.jsonl")
     if not any(record.observation for record in timeline.epochs):
         raise SystemExit(f"{directory}: its timeline records no observations (recorded before they were kept)")
@@ -101,8 +116,7 @@ def observation_at(record: EpochRecord, context: PolicyContext) -> Observation:
     regions = tuple(RegionView(index, start, end, rate, age, written, {int(n): size for n, size in nodes.items()})
                     for index, (start, end, rate, age, written, nodes) in enumerate(seen["regions"]))
     free = {int(node): size for node, size in seen["free"].items()}
-    nodes = tuple(NodeView(**{**{f.name: getattr(view, f.name) for f in fields(view)},
-                              "free_bytes": free.get(view.id, view.free_bytes)}) for view in context.nodes)
+    nodes = tuple(replace(view, free_bytes=free.get(view.id, view.free_bytes)) for view in context.nodes)
     resident: dict[int, int] = {}
     for region in regions:
         for node, size in region.nodes.items():
@@ -130,9 +144,10 @@ class WhatIf:
         self.history: list[Array] = []
         self.moved: list[float] = []
 
-    def observation(self, recorded: Observation) -> Observation:
-        """``recorded`` with this residency: each region's bytes over the chunks it covers are split as the
-        chunks are here, and free memory changes by what the workload holds here rather than there."""
+    def observe(self, recorded: Observation) -> Observation:
+        """The next interval's observation: ``recorded`` with this residency (which the score charges the
+        interval with). Each region's bytes over the chunks it covers are split as the chunks are here, and
+        free memory changes by what the workload holds here rather than there."""
         self.history.append(self.shares.copy())
         difference = self.shares - self.data.residency[min(recorded.epoch, self.data.epochs - 1)]
         held = difference * self.data.chunk_bytes[:, None]
@@ -169,11 +184,12 @@ class WhatIf:
         """Move the window's pages off ``move.node`` (all, or the share ``limit`` allows); the bytes moved."""
         rows, overlap = self._chunks(move.start, move.end)
         before = self.shares[rows, move.node].copy()
-        off = overlap * (1 - before)
-        taken = overlap / self.data.chunk_bytes[rows] * min(1.0, limit / max(off.sum(), 1.0))
+        off = float((overlap * (1 - before)).sum())
+        allowed = min(1.0, limit / max(off, 1.0))
+        taken = overlap / self.data.chunk_bytes[rows] * allowed  # of each chunk's pages, those off the node move
         self.shares[rows] *= (1 - taken)[:, None]
         self.shares[rows, move.node] = before + taken * (1 - before)
-        return float(off.sum() * min(1.0, limit / max(off.sum(), 1.0)))
+        return off * allowed
 
     def result(self) -> RunData:
         """The recorded run as arrays, with this residency and these moves."""
@@ -195,12 +211,12 @@ def recorded_profiles(run_dir: Path) -> dict[int, DeviceProfile]:
 def set_up(name: str, options: dict[str, object], context: PolicyContext, profiles_dir: Path) -> Policy:
     """The policy as its run set it up; llamas from its recorded profiles rather than an LLM."""
     policy = make_policy(name, options)
+    if isinstance(policy, LlamasDirectPolicy):
+        raise SystemExit(f"policy {name!r} asks an LLM every interval: it cannot be replayed offline")
     if isinstance(policy, LlamasPolicy):
         profiles = recorded_profiles(profiles_dir)
         policy.build_backend(context, {node: NodeModel.from_profile(node, profile)
                                        for node, profile in profiles.items()})
-    elif isinstance(policy, BackendPolicy) and type(policy) is not BackendPolicy:
-        raise SystemExit(f"policy {name!r} asks an LLM every interval: it cannot be replayed offline")
     else:
         policy.setup(context)
     return policy
@@ -242,6 +258,7 @@ def where(start: int, end: int, layout: Sequence[RegionLayout]) -> str:
 
 def action_lines(actions: Sequence[Action], observation: Observation, budget: int,
                  layout: Sequence[RegionLayout]) -> list[str]:
+    """One line per action: its size, target, the buffers it covers, the policy's reason, the validator's verdict."""
     verdict = validate(list(actions), observation, budget)
     refused = {id(action): reason for action, reason in verdict.rejected}
     lines = []
@@ -250,12 +267,13 @@ def action_lines(actions: Sequence[Action], observation: Observation, budget: in
             lines.append(f"    place on CPUs {list(action.cpus)}")
             continue
         outcome = f"REFUSED: {refused[id(action)]}" if id(action) in refused else "ok"
-        lines.append(f"    {action.size / MIB:6.1f} MiB -> node {action.node}  {where(action.start, action.end, layout)}"
-                     f"  ({action.reason}) {outcome}")
+        lines.append(f"    {action.size / MIB:6.1f} MiB -> node {action.node}  "
+                     f"{where(action.start, action.end, layout)}  ({action.reason}) {outcome}")
     return lines
 
 
 def recorded_line(record: EpochRecord) -> str:
+    """What the recorded run did in the interval, and what the kernel moved on its own before it."""
     decision = record.decision
     if decision is None:
         return "    recorded: no decision"
@@ -272,7 +290,7 @@ def replay(run: RecordedRun, policy: Policy, context: PolicyContext, epochs: ran
     for record in run.timeline.epochs:
         observation = observation_at(record, context)
         if what_if is not None:
-            observation = what_if.observation(observation)
+            observation = what_if.observe(observation)
         actions = policy.decide(observation)  # every epoch, so that the policy's memory is as in a run
         if what_if is not None:
             what_if.make(actions, observation, budget)
@@ -300,6 +318,7 @@ def score_lines(run: RecordedRun, what_if: WhatIf) -> list[str]:
 
 
 def parse_setting(text: str) -> tuple[str, object]:
+    """NAME=NUMBER, the number an int where it is one (the policies' settings are numbers)."""
     name, _, value = text.partition("=")
     try:
         number: object = int(value)
@@ -322,13 +341,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", help="whose recorded observations (default: the policy's own run)")
     parser.add_argument("--profiles-from", type=Path, help="llamas: the run holding llamas-setup.json "
                                                             "(default: RUN_DIR/runs/llamas)")
-    parser.add_argument("--epochs", type=parse_epochs, default=range(1 << 30), help="FIRST:LAST or one epoch: the intervals to print")
+    parser.add_argument("--epochs", type=parse_epochs, default=range(1 << 30),
+                        help="FIRST:LAST or one epoch: the intervals to print")
     parser.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
                         metavar="NAME=NUMBER", help="a setting of the policy (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="moves only, not what the buffers looked like")
     parser.add_argument("--what-if", action="store_true",
                         help="move the workload's pages as the policy says (the kernel's own moves left out) and "
-                             "score the result with the recorded ground truth")
+                             "score the result with the recorded ground truth (see above)")
     args = parser.parse_args(argv)
     run = load_run(args.run_dir, args.source or args.policy)
     context = context_for(run)
