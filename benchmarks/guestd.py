@@ -6,7 +6,7 @@
    Target: at most 10 ms on top of the channel.
 2. The daemon's CPU time (utime + stime of its /proc/PID/stat) over 30 s of one
    observation per second, as policies are run, and over 30 s of watching only
-   (the thread that drains DAMON's trace). Target: at most 1% of a vCPU.
+   (DAMON recording into its trace instance). Target: at most 1% of a vCPU.
 3. ``migrate`` against numactl's ``migratepages`` for the same 256 MiB idle
    buffer, each way between DRAM and the slow node. Target: at least 90%.
 

@@ -198,7 +198,7 @@ class FakeKernel(Kernel):
         super().mkdir(relative)
         if Path(relative).parent.name == "instances":
             instance = self.path(relative)
-            for name, value in (("trace_clock", "[local] global mono"), ("trace_pipe", ""),
+            for name, value in (("trace_clock", "[local] global mono"), ("trace_pipe", ""), ("buffer_size_kb", "1408"),
                                 ("events/damon/damon_aggregated/enable", "0"),
                                 ("events/damon/damon_aggregated/filter", "none")):
                 (instance / name).parent.mkdir(parents=True, exist_ok=True)

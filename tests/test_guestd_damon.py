@@ -109,6 +109,9 @@ def test_watch_configures_a_vaddr_kdamond_and_a_filtered_trace_instance(guest: F
     assert (event / "filter").read_text() == f"common_pid == {FIRST_KDAMOND_PID}"
     assert (event / "enable").read_text() == "1"
     assert (tmp_path / f"{TRACEFS}/instances/{instance}/trace_clock").read_text() == "mono"
+    # Read only when observed: the ring holds two aggregations of 48-byte records and little more.
+    ring = int((tmp_path / f"{TRACEFS}/instances/{instance}/buffer_size_kb").read_text()) * 1024
+    assert 2 * 500 * 48 < ring < 8 * 500 * 48
 
 
 def test_observe_returns_the_latest_aggregation_with_stable_ids(guest: FakeGuest, tmp_path: Path) -> None:

@@ -10,10 +10,12 @@ memory, took ~4 ms for a whole observation.  So the tracepoint is the fast path
 and ``tried_regions`` the fallback when tracefs is not mounted.
 
 Each watched kdamond gets its own instance filtered on the kdamond's pid, so
-one instance's pipe holds exactly one target's aggregations.  A background
-thread drains the pipe every :data:`DRAIN_INTERVAL_S` so the kernel's ring
-buffer never overwrites an aggregation we have not copied; it keeps raw bytes
-only (no parsing), so it costs the guest almost nothing between observations.
+one instance's pipe holds exactly one target's aggregations.  The pipe is read
+only when an observation asks: the instance's ring buffer (overwrite mode) is
+sized per CPU to hold the aggregation being written and the last complete one,
+so older aggregations are dropped by the kernel unformatted, and a watch with
+no observer costs the daemon nothing.  (A thread that drained the pipe four
+times a second cost 15% of a vCPU under TCG: the kernel formats every line.)
 """
 
 from __future__ import annotations
@@ -22,17 +24,16 @@ import errno
 import logging
 import os
 import re
-import threading
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from .kernel import Kernel
 
 DAMON_EVENT = "events/damon/damon_aggregated"
-# The default per-CPU ring buffer (1.4 MB) holds ~13,000 lines, over a second of
-# 1,000-region aggregations at the default 100 ms; draining 4 times a second is safe.
-DRAIN_INTERVAL_S = 0.25
 READ_CHUNK = 1 << 16
+# A damon_aggregated event in the ring buffer: an event header, the common fields and six values
+# (48 bytes of record), with room for a time-extend event.
+EVENT_BYTES_BOUND = 64
 LINE_BYTES_BOUND = 160  # a damon_aggregated line is ~100 bytes
 
 # "<task>-<pid> [cpu] flags <seconds>: damon_aggregated: target_id=T nr_regions=N START-END: NR_ACCESSES AGE"
@@ -93,28 +94,26 @@ class TraceTail:
         self._fd = fd
         self._capacity = 2 * max_regions * LINE_BYTES_BOUND + READ_CHUNK
         self._buffer = bytearray()
-        self._lock = threading.Lock()
         self._cached: Snapshot | None = None
         self._changed = False
 
-    def drain(self) -> None:
-        with self._lock:
-            while True:
-                try:
-                    chunk = os.read(self._fd, READ_CHUNK)
-                except BlockingIOError:
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                # trace_pipe also says EBUSY when its formatted line buffer has nothing left
+                # to copy (seq_buf_to_user): nothing more to read for now, like EAGAIN.
+                if error.errno == errno.EBUSY:
                     return
-                except OSError as error:
-                    # trace_pipe also says EBUSY when its formatted line buffer has nothing left
-                    # to copy (seq_buf_to_user): nothing more to read for now, like EAGAIN.
-                    if error.errno == errno.EBUSY:
-                        return
-                    raise
-                if not chunk:
-                    return
-                self._buffer += chunk
-                self._changed = True
-                self._trim()
+                raise
+            if not chunk:
+                return
+            self._buffer += chunk
+            self._changed = True
+            self._trim()
 
     def _trim(self) -> None:
         excess = len(self._buffer) - self._capacity
@@ -125,18 +124,22 @@ class TraceTail:
 
     def snapshot(self) -> Snapshot | None:
         """The latest complete aggregation; parses again only when new lines arrived."""
-        self.drain()
-        with self._lock:
-            if self._changed:
-                complete = bytes(self._buffer[: self._buffer.rfind(b"\n") + 1])
-                latest = last_complete_aggregation(complete)
-                self._cached = latest or self._cached
-                self._changed = False
-            return self._cached
+        self._drain()
+        if self._changed:
+            complete = bytes(self._buffer[: self._buffer.rfind(b"\n") + 1])
+            self._cached = last_complete_aggregation(complete) or self._cached
+            self._changed = False
+        return self._cached
+
+
+def ring_buffer_kb(max_regions: int) -> int:
+    """Per CPU: two aggregations of ``max_regions`` (the one being written, the last complete one), and
+    half as much again for the pages the kernel drops whole when it overwrites."""
+    return -(-5 * max_regions * EVENT_BYTES_BOUND // 2 // 1024) + 8
 
 
 class TraceInstance:
-    """A tracefs instance that records one kdamond's aggregations, drained in the background."""
+    """A tracefs instance that records one kdamond's aggregations, read when an observation asks."""
 
     def __init__(self, kernel: Kernel, tracefs: str, name: str, kdamond_pid: int, max_regions: int) -> None:
         self._kernel = kernel
@@ -145,6 +148,7 @@ class TraceInstance:
         kernel.mkdir(self._dir)
         try:
             kernel.write(f"{self._dir}/trace_clock", "mono")  # comparable with the guest's time.monotonic()
+            kernel.write(f"{self._dir}/buffer_size_kb", str(ring_buffer_kb(max_regions)))
             kernel.write(f"{self._dir}/{DAMON_EVENT}/filter", f"common_pid == {kdamond_pid}")
             kernel.write(f"{self._dir}/{DAMON_EVENT}/enable", "1")
             self._fd = kernel.open_stream(f"{self._dir}/trace_pipe")
@@ -152,21 +156,8 @@ class TraceInstance:
             self._remove()
             raise
         self.tail = TraceTail(self._fd, max_regions)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._drain_loop, name=f"drain-{name}", daemon=True)
-        self._thread.start()
-
-    def _drain_loop(self) -> None:
-        while not self._stop.wait(DRAIN_INTERVAL_S):
-            try:
-                self.tail.drain()
-            except OSError as error:
-                log.warning("stopped reading %s/trace_pipe: %s", self._dir, error)
-                return
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
         self._remove()
 
     def _remove(self) -> None:
