@@ -322,10 +322,11 @@ def test_observe_samples_where_each_regions_pages_are_in_one_query(guest: FakeGu
     assert damon["columns"][-1] == "sampled_pages"
     assert [row[-1] for row in damon["regions"]] == [4, 12, 16]
     assert damon["region_nodes"] == [{"0": 4 * PAGE_SIZE}, {}, {"0": 8 * PAGE_SIZE, "2": 8 * PAGE_SIZE}]
-    # Sampled within the budget: 2 pages a region, spread so each half of region 2 gets one.
+    # Sampled within the budget, 4 pages a region at most: at a stride of 7 pages (4 would alias with
+    # interleaving), spread so each half of region 2 gets one.
     sampled = guest.result("observe", pid=PID, soft_dirty=False, region_nodes=True,
-                           region_nodes_budget_pages=6)["damon"]
-    assert [row[-1] for row in sampled["regions"]] == [2, 2, 2]
+                           region_nodes_budget_pages=12)["damon"]
+    assert [row[-1] for row in sampled["regions"]] == [4, 2, 2]
     assert sampled["region_nodes"] == damon["region_nodes"]
     plain = guest.result("observe", pid=PID, soft_dirty=False)["damon"]
     assert plain["region_nodes"] is None

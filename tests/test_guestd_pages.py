@@ -73,7 +73,7 @@ def test_region_samples_are_spread_evenly_and_bounded() -> None:
     large = spread_pages(HEAP, HEAP + 100 * PAGE_SIZE, 64)
     pages = [(address - HEAP) // PAGE_SIZE for address in large]
     assert len(pages) <= 64
-    assert pages == list(range(1, 100, 2))  # one in the middle of each 2-page share, end to end
+    assert pages == list(range(3, 100, 7))  # a stride of 2 would alias with interleaving: 7, from the middle
     assert list(spread_pages(HEAP + 100, HEAP + 100 + PAGE_SIZE, 8)) == [HEAP, HEAP + PAGE_SIZE]  # both it touches
     assert list(spread_pages(HEAP + 100, HEAP + 100 + PAGE_SIZE, 1)) == [HEAP + PAGE_SIZE]
 
@@ -125,7 +125,24 @@ def test_observe_ranges_counts_pages_per_node_per_chunk(guest: FakeGuest) -> Non
 def test_observe_ranges_can_sample_pages(guest: FakeGuest) -> None:
     [area] = guest.result("observe", pid=PID, soft_dirty=False,
                           ranges=[{"start": HEAP, "length": 32 * PAGE_SIZE, "stride": 4}])["ranges"]
-    assert area["chunks"] == [{"offset": 0, "nodes": {"0": 4, "2": 2}, "absent": {"ENOENT": 2}}]
+    assert area["stride"] == 7  # 4 rounded up to a stride coprime with 30: pages 0, 7, 14, 21, 28
+    assert area["chunks"] == [{"offset": 0, "nodes": {"0": 3, "2": 1}, "absent": {"ENOENT": 1}}]
+
+
+@pytest.mark.parametrize("nodes", [2, 3, 4, 6])
+@pytest.mark.parametrize("stride", [1, 2, 6, 16, 30, 64])
+def test_sampled_residency_sees_every_node_of_an_interleave(tmp_path: Path, nodes: int, stride: int) -> None:
+    guest = FakeGuest(tmp_path)
+    guest.add_process(FakeProcess(PID, [(HEAP, HEAP + 4096 * PAGE_SIZE)], {}))
+    guest.syscalls.pages[PID] = {HEAP + page * PAGE_SIZE: page % nodes for page in range(4096)}
+    try:
+        [area] = guest.result("observe", pid=PID, soft_dirty=False,
+                              ranges=[{"start": HEAP, "length": 4096 * PAGE_SIZE, "stride": stride}])["ranges"]
+    finally:
+        guest.daemon.close()
+    [chunk] = area["chunks"]
+    counts = [chunk["nodes"].get(str(node), 0) for node in range(nodes)]
+    assert max(counts) - min(counts) <= 1, counts  # an even share each, as interleaving put them
 
 
 def test_migrate_moves_pages_within_the_budget(guest: FakeGuest) -> None:

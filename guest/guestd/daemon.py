@@ -14,7 +14,7 @@ from typing import BinaryIO
 from . import PROTOCOL_VERSION
 from .damon import MAX_UINT, MAX_ULONG, Damon, Monitoring, Scheme, Watch
 from .kernel import Kernel, format_id_list, parse_id_list
-from .pages import AddressRange, RangeQuery, migrate, query_chunks, region_node_bytes
+from .pages import AddressRange, RangeQuery, migrate, query_chunks, region_node_bytes, unaliased_stride
 from .process import PAGE_SIZE, Process, mapped_parts, page_counts
 from .protocol import (
     MAX_LINE_BYTES,
@@ -541,7 +541,7 @@ def _address_range(args: Args) -> AddressRange:
 def _query_range(args: Args) -> RangeQuery:
     start, length = args.integer("start", 0, MAX_ADDRESS), args.integer("length", 1, MAX_ADDRESS)
     chunk = args.integer("chunk", PAGE_SIZE, MAX_ADDRESS, default=length)
-    stride = args.integer("stride", 1, MAX_QUERY_PAGES, default=1)
+    stride = unaliased_stride(args.integer("stride", 1, MAX_QUERY_PAGES, default=1))
     args.done()
     area = AddressRange(start, length)
     pages = length // (PAGE_SIZE * stride)
