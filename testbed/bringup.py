@@ -36,7 +36,11 @@ def bringup_script(system: System) -> str | None:
         for index in range(len(cxl)):
             lines.append(f"cxl create-region --memdevs --decoder=decoder0.{index} --type=ram --ways=1 "
                          f"mem{index} > /dev/null")
-    lines.append('for dev in /sys/bus/dax/devices/dax*; do daxctl online-memory "${dev##*/}" > /dev/null; done')
+    # ZONE_NORMAL, as a plain RAM node's memory is: with only movable memory off DRAM and no swap, a
+    # workload filling DRAM leaves no room for the kernel's own pages (page tables, trace buffers)
+    # and is OOM-killed instead of spilling over to the slow node.
+    lines.append('for dev in /sys/bus/dax/devices/dax*; do daxctl online-memory --no-movable "${dev##*/}" > /dev/null; '
+                 'done')
     return "\n".join(lines) + "\n"
 
 

@@ -269,7 +269,7 @@ class Snapshot:
 
 
 def snapshot_key(vm: Vm) -> str:
-    """Everything a saved state depends on: image, machine, kernel arguments, backend, QEMU.
+    """Everything a saved state depends on: image, machine, kernel arguments, bring-up, backend, QEMU.
 
     libvirt restores only into a domain with the saved UUID, and two domains may not share
     one, so there a saved state belongs to one VM name.
@@ -278,7 +278,7 @@ def snapshot_key(vm: Vm) -> str:
     identity = {"image": vm.image.key, "backend": vm.record.backend, "accel": vm.record.accel,
                 "domain": vm.name if vm.record.backend == "libvirt" else None,
                 "machine": machine_args(vm.system, vm.record.accel, placeholder), "cmdline": vm.record.cmdline,
-                "qemu": run(["qemu-system-x86_64", "--version"]).splitlines()[0]}
+                "bringup": bringup_script(vm.system), "qemu": run(["qemu-system-x86_64", "--version"]).splitlines()[0]}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -21,3 +21,4 @@ def test_cxl_type3_gets_a_ram_region_from_its_window() -> None:
     assert "/sys/bus/cxl/devices/mem0" in script
     assert "cxl create-region --memdevs --decoder=decoder0.0 --type=ram --ways=1 mem0" in script
     assert script.rstrip().endswith("done")  # every DAX device onlined last
+    assert "daxctl online-memory --no-movable" in script  # the kernel may use it too: no OOM when DRAM fills

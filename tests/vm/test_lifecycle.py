@@ -38,6 +38,9 @@ def test_a_warm_start_restores_a_ready_guest_with_the_right_clock(fresh_vm: Call
     assert abs(guest_time - time.time()) < 2.0
     # The restored guest is a whole machine: its devices are still NUMA nodes and it has its own disk.
     assert verify_vm(second).ok
+    # PMEM onlined as normal memory: a workload that fills DRAM spills over instead of being OOM-killed.
+    zones = second.shell().run("cat /sys/devices/system/node/node1/memory*/valid_zones").stdout.split()
+    assert set(zones) == {"Normal"}, zones
     second.shell().run("echo written-by-second > /root/mark")
     assert first.shell().run("cat /root/mark 2>/dev/null || echo absent").stdout.strip() == "absent"
 
