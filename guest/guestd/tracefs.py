@@ -153,14 +153,12 @@ class TraceInstance:
             kernel.write(f"{self._dir}/{DAMON_EVENT}/enable", "1")
             self._fd = kernel.open_stream(f"{self._dir}/trace_pipe")
         except OSError:
-            self._remove()
+            self.close()
             raise
         self.tail = TraceTail(self._fd, max_regions)
 
     def close(self) -> None:
-        self._remove()
-
-    def _remove(self) -> None:
+        """Stop recording and remove the instance; what cannot be undone is logged, not raised."""
         try:
             self._kernel.write(f"{self._dir}/{DAMON_EVENT}/enable", "0")
         except OSError as error:
