@@ -6,8 +6,8 @@ backend's own placement, reached with an unlimited budget: little to do).
 Columns: ``plan`` is the numeric core on a region table (the ≤ 1 ms target),
 ``convert`` builds that table from the observation's RegionView objects, and
 ``decide`` is both, what the orchestrator waits for. The hot-cold baseline's
-decide time on the same observation is beside it when policies/hot_cold.py
-exists. Each figure is the median of ``--runs`` runs, each with a fresh policy.
+decide time on the same observation is beside it. Each figure is the median of
+``--runs`` runs, each with a fresh policy.
 
     .venv/bin/python benchmarks/backend.py [--runs 50] [--seed 0]
 """
@@ -15,8 +15,6 @@ exists. Each figure is the median of ``--runs`` runs, each with a fresh policy.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import os
 import statistics
 import sys
@@ -28,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from policies.backend import Backend, NodeModel
-from policies.base import Migrate, NodeView, Observation, Policy, PolicyContext, RegionView
+from policies.base import Migrate, NodeView, Observation, PolicyContext, RegionView
+from policies.hot_cold import HotCold
 from testbed.table import render_table
 
 MIB = 2**20
@@ -97,37 +96,30 @@ def backend_for(models: Sequence[NodeModel]) -> Backend:
     return Backend(models, interval_s=1.0, migration_budget=BUDGET, damon_sample_s=SAMPLE_S)
 
 
-def hot_cold_ms(observation: Observation, runs: int) -> float | None:
-    """The hot-cold baseline's decide time on ``observation`` (a fresh policy each run); None without it."""
-    if importlib.util.find_spec("policies.hot_cold") is None:
-        return None
-    make: Callable[[], Policy] = importlib.import_module("policies.hot_cold").HotCold
+def hot_cold_ms(observation: Observation, runs: int) -> float:
+    """The hot-cold baseline's decide time on ``observation`` (a fresh policy each run)."""
     context = PolicyContext("", {}, observation.nodes, 1.0, BUDGET, SAMPLE_S, "", (), Path(os.devnull))
 
-    def one() -> None:
-        policy = make()
+    def one() -> float:
+        policy = HotCold()
         policy.setup(context)
         started = time.perf_counter()
         policy.decide(observation)
-        times.append(time.perf_counter() - started)
+        return time.perf_counter() - started
 
-    times: list[float] = []
-    for _ in range(runs):
-        one()
-    return statistics.median(times) * 1e3
+    return statistics.median(one() for _ in range(runs)) * 1e3
 
 
 def row(label: str, observation: Observation, models: Sequence[NodeModel], runs: int) -> list[object]:
-    tables = [backend_for(models).table(observation) for _ in range(2)]
+    table = backend_for(models).table(observation)
     convert = median_ms(lambda: backend_for(models).table(observation), runs)
-    plan = median_ms(lambda: backend_for(models).plan(tables[0], observation.nodes, observation.epoch), runs)
+    plan = median_ms(lambda: backend_for(models).plan(table, observation.nodes, observation.epoch), runs)
     decide = median_ms(lambda: backend_for(models).decide(observation), runs)
     moves = backend_for(models).decide(observation)
     verdict = "ok" if plan <= TARGET_MS else "over"
     hot_cold = hot_cold_ms(observation, runs)
     return [len(observation.regions), len(models), label, round(convert, 3), round(plan, 3), verdict,
-            round(decide, 3), len(moves), round(sum(m.size for m in moves) / MIB), "-" if hot_cold is None
-            else round(hot_cold, 3)]
+            round(decide, 3), len(moves), round(sum(m.size for m in moves) / MIB), round(hot_cold, 3)]
 
 
 def reference_ms() -> float:

@@ -378,10 +378,10 @@ def _quantity(value: object, quantity: Quantity) -> float:
 
 
 class _Evidence:
-    """The texts the model read, normalised, to check that its quotes are really there."""
+    """The texts the model read, to check that its quotes are really there."""
 
     def __init__(self, texts: tuple[str, ...]) -> None:
-        self._texts = [_normalised(text) for text in texts]
+        self._texts = texts  # ``quoted`` normalises them
 
     def answer(self, problems: list[Problem], field: str, value: object, topic: tuple[str, ...]) -> bool:
         """A yes/no answer backed by its quote. A feature the text does not state is taken as absent:

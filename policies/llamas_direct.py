@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.backend import BackendSettings, RegionTable
+from policies.backend import Array, BackendSettings, RegionTable
 from policies.base import Action, Migrate, NodeView, Observation, PolicyContext, Setup
 from policies.frontend import ProfileCache
 from policies.llamas import ClientFactory, LlamasPolicy, connect_for_run, describe_node
@@ -249,28 +249,28 @@ class LlamasDirectPolicy(LlamasPolicy):
                   if row not in busiest][:self.direct.coldest]
         listed = [*busiest.tolist(), *idlest]
         lines, labels = [], {}
+        shares = table.shares
         for number, row in enumerate(listed, start=1):
             label = f"R{number}"
             labels[label] = (int(table.starts[row]), int(table.ends[row]))
             write_share = writes[row] / uses[row] if uses[row] > 0 else 0.0
-            lines.append(f"{label}: {format_size(table.sizes[row])} on {self._where(table, row)}; "
+            lines.append(f"{label}: {format_size(table.sizes[row])} on {self._where(table.node_ids, shares[:, row])}; "
                          f"{uses[row]:.3g} uses per page per second, {write_share:.0%} writes")
         rest = np.setdiff1d(placed, listed)
         if rest.size:
             on_nodes = ", ".join(f"node {node} {format_size(round(share))}" for node, share in
-                                 zip(table.node_ids, (table.shares[:, rest] * table.sizes[rest]).sum(axis=1).tolist(),
+                                 zip(table.node_ids, (shares[:, rest] * table.sizes[rest]).sum(axis=1).tolist(),
                                      strict=True) if share > 0)
             lines.append(f"{rest.size} other regions: {format_size(table.sizes[rest].sum())} ({on_nodes}), "
                          f"{float(np.mean(uses[rest])):.3g} uses per page per second on average; not movable now")
         return lines, labels
 
     @staticmethod
-    def _where(table: RegionTable, row: int) -> str:
-        shares = [(node, share) for node, share in zip(table.node_ids, table.shares[:, row].tolist(), strict=True)
-                  if share > 0]
-        if len(shares) == 1:
-            return f"node {shares[0][0]}"
-        return "nodes " + ", ".join(f"{node} ({share:.0%})" for node, share in shares)
+    def _where(node_ids: Sequence[int], region_shares: Array) -> str:
+        held = [(node, share) for node, share in zip(node_ids, region_shares.tolist(), strict=True) if share > 0]
+        if len(held) == 1:
+            return f"node {held[0][0]}"
+        return "nodes " + ", ".join(f"{node} ({share:.0%})" for node, share in held)
 
     def _ask(self, question: Question) -> _Pending:
         """Start the call in a daemon thread: a slow answer must not hold up the epoch, nor the exit."""
