@@ -41,13 +41,13 @@ from testbed.guest_client import (
 )
 from testbed.guest_client import Observation as GuestObservation
 from testbed.image import Image
+from testbed.model import PAGE_SIZE
 from testbed.timeline import Decision, EpochRecord, NodeState, RunEnd, RunStart, TimelineWriter
 from testbed.validate import validate
 from testbed.vms import Vm, up
 from testbed.workload import EpochCounts, GroundTruth, OutputReader, RegionLayout, memtouch_input
 
 MEMTOUCH = "/opt/llamas/bin/memtouch"
-PAGE_SIZE = 4096
 MIB = 2**20
 # Slack on top of the interval before a silent workload counts as stuck.
 EPOCH_SLACK_S = 60.0

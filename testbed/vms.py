@@ -324,6 +324,14 @@ def load_vm(name: str) -> Vm:
     return Vm(record, default_catalog().load_system(record.system), image)
 
 
+def running_vm(name: str) -> Vm:
+    """The VM ``name``, which must be running: commands that talk to its guest need it."""
+    vm = load_vm(name)
+    if not vm.machine.alive():
+        raise UserError(f"VM {name!r} is not running (llamas down {name} clears it)")
+    return vm
+
+
 def all_vms() -> list[Vm]:
     if not vms_dir().exists():
         return []

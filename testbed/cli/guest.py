@@ -15,7 +15,7 @@ from testbed.guest_client import GuestClient, GuestError, NodeInfo
 from testbed.guest_client import Observation as GuestObservation
 from testbed.table import render_table
 from testbed.units import format_size
-from testbed.vms import Vm, load_vm
+from testbed.vms import Vm, running_vm
 
 MIGRATION_COUNTERS = ("pgmigrate_success", "pgmigrate_fail", "pgpromote_success", "pgdemote_kswapd",
                       "pgdemote_direct", "numa_pte_updates", "numa_hint_faults")
@@ -41,7 +41,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def stats_command(args: argparse.Namespace) -> int:
-    vm = _running(args.name)
+    vm = running_vm(args.name)
     with vm.guest() as guest:
         nodes = guest.nodes()
         counters = guest.vmstat().counters
@@ -59,7 +59,7 @@ def stats_command(args: argparse.Namespace) -> int:
 
 
 def migrate_command(args: argparse.Namespace) -> int:
-    vm = _running(args.name)
+    vm = running_vm(args.name)
     ranges = [_parse_range(args.range_)] if args.range_ else _mappings(vm, args.pid)
     with vm.guest() as guest:
         try:
@@ -74,13 +74,6 @@ def migrate_command(args: argparse.Namespace) -> int:
           + ("; the process exited part way" if result.process_exited else "")
           + ("; stopped at the budget" if result.budget_exhausted else ""))
     return 0
-
-
-def _running(name: str) -> Vm:
-    vm = load_vm(name)
-    if not vm.machine.alive():
-        raise UserError(f"VM {name!r} is not running (llamas down {name} clears it)")
-    return vm
 
 
 def _watch(guest: GuestClient, pid: int, window: float) -> GuestObservation:

@@ -10,7 +10,7 @@ from testbed.errors import UserError
 from testbed.image import build_image, current_image, image_key, images_dir
 from testbed.table import render_table
 from testbed.verify import verify_vm
-from testbed.vms import all_vms, load_vm, up
+from testbed.vms import all_vms, load_vm, running_vm, up
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -86,9 +86,7 @@ def ls_command(args: argparse.Namespace) -> int:
 
 
 def ssh_command(args: argparse.Namespace) -> int:
-    vm = load_vm(args.name)
-    if not vm.machine.alive():
-        raise UserError(f"VM {args.name!r} is not running (llamas down {args.name} clears it)")
+    vm = running_vm(args.name)
     remote = args.remote[1:] if args.remote[:1] == ["--"] else args.remote
     argv = ["ssh", "-q", "-i", str(vm.image.client_key), "-o", "IdentitiesOnly=yes",
             "-o", f"UserKnownHostsFile={vm.files.directory / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
