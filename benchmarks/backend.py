@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from policies.backend import Backend, NodeModel
-from policies.base import Migrate, NodeView, Observation, PolicyContext, RegionView
 from policies.hot_cold import HotCold
 from testbed.table import render_table
+from testbed.values import Migrate, NodeView, Observation, PolicyContext, RegionView
 
 MIB = 2**20
 NODE_BYTES = 1024 * MIB

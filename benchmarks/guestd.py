@@ -24,11 +24,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from guest.guestd.damon import Monitoring
-from guest.guestd.pages import AddressRange
-from testbed.guest_client import GuestClient, MemoryPolicy
+from testbed.guest_client import GuestClient
 from testbed.image import build_image
 from testbed.table import render_table
+from testbed.values import AddressRange, MemoryPolicy, MemoryPolicyKind, Monitoring
 from testbed.vms import Vm, up
 from testbed.workload import RegionLayout, memtouch_input, parse_output, parse_workload
 
@@ -53,7 +52,8 @@ def buffer_process(guest: GuestClient, accesses: int) -> Iterator[tuple[int, Reg
                            "regions": [{"name": "buffer", "size": f"{BUFFER // MIB}MiB", "pattern": "uniform",
                                         "accesses": accesses}],
                            "phases": [{"epochs": 3600}]}, Path(__file__))
-    run = guest.run([MEMTOUCH, "-"], stdin=memtouch_input(spec), memory=MemoryPolicy("preferred", (DRAM,)))
+    run = guest.run([MEMTOUCH, "-"], stdin=memtouch_input(spec),
+                    memory=MemoryPolicy(MemoryPolicyKind.PREFERRED, (DRAM,)))
     try:
         [buffer] = parse_output([next(run.output(timeout=300)).line]).regions
         yield run.pid, buffer

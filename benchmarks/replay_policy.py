@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from policies.backend import NodeModel
-from policies.base import Action, Migrate, NodeView, Observation, Policy, PolicyContext, RegionView
+from policies.base import Policy
 from policies.frontend import DataKind, DeviceProfile
 from policies.llamas import SETUP_RECORD, LlamasPolicy
 from policies.llamas_direct import LlamasDirectPolicy
@@ -55,6 +55,7 @@ from testbed.model import MemoryNode, System
 from testbed.score import RunData, access_costs, run_data, score, score_run
 from testbed.timeline import EpochRecord, Timeline, read_timeline
 from testbed.validate import validate
+from testbed.values import Action, Migrate, NodeView, Observation, PolicyContext, RegionView
 from testbed.workload import RegionLayout
 
 MIB = 2**20

@@ -63,11 +63,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
-from policies.base import Action, Migrate, NodeView, Observation, Policy, PolicyContext, RegionView, Setup
+from policies.base import Policy
 from policies.frontend import DeviceProfile
-from testbed.guest_client import TieringSettings
 from testbed.model import PAGE_SIZE
 from testbed.validate import NODE_HEADROOM
+from testbed.values import Action, Migrate, NodeView, Observation, PolicyContext, RegionView, Setup, TieringSettings
 
 Array = npt.NDArray[np.float64]
 Array32 = npt.NDArray[np.float32]

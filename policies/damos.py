@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from guest.guestd.damon import MAX_UINT, Monitoring, Scheme
-from policies.base import Action, Observation, Policy, PolicyContext, Setup
+from policies.base import Policy
 from policies.tiers import demotion_targets, speed_order
 from testbed.model import PAGE_SIZE
+from testbed.values import MAX_UINT, Action, Monitoring, Observation, PolicyContext, Scheme, SchemeAction, Setup
 
 # The orchestrator starts the schemes with guestd's default monitoring attributes
 # (Setup carries none), so access counts are out of this many samples per aggregation.
@@ -73,10 +73,10 @@ class Damos(Policy):
         # No time quota: it would tie the bytes moved to the speed of the emulation.
         quota = max(PAGE_SIZE, context.migration_budget // 2)
         reset_ms = max(1, round(context.interval_s * 1000))
-        promote = Scheme("migrate_hot", fastest.id, nodes=tuple(node.id for node in order[1:]),
+        promote = Scheme(SchemeAction.MIGRATE_HOT, fastest.id, nodes=tuple(node.id for node in order[1:]),
                          nr_accesses=(math.ceil(self.settings.hot_share * samples), MAX_UINT),
                          quota_bytes=quota, quota_reset_ms=reset_ms, quota_weights=HOT_WEIGHTS, young=True)
-        demote = Scheme("migrate_cold", slower.id, nodes=(fastest.id,), nr_accesses=(0, 0),
+        demote = Scheme(SchemeAction.MIGRATE_COLD, slower.id, nodes=(fastest.id,), nr_accesses=(0, 0),
                         age=(math.ceil(self.settings.cold_intervals * aggregations), MAX_UINT),
                         quota_bytes=quota, quota_reset_ms=reset_ms, quota_weights=COLD_WEIGHTS, young=False)
         schemes = (promote, demote)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from policies.base import Action, Observation, Policy
+from policies.base import Policy
+from testbed.values import Action, Observation
 
 
 class FirstTouch(Policy):

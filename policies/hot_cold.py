@@ -23,9 +23,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from policies.base import Action, Migrate, Observation, Policy, PolicyContext, RegionView, Setup
+from policies.base import Policy
 from policies.tiers import demotion_targets, speed_order
 from testbed.model import PAGE_SIZE
+from testbed.values import Action, Migrate, Observation, PolicyContext, RegionView, Setup
 
 MIB = 1 << 20
 MIN_PROMOTION = MIB

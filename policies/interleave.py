@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from policies.base import Action, Observation, Policy, PolicyContext, Setup
-from testbed.guest_client import MemoryPolicy
+from policies.base import Policy
+from testbed.values import Action, MemoryPolicy, MemoryPolicyKind, Observation, PolicyContext, Setup
 
 
 class Interleave(Policy):
     name = "interleave"
 
     def setup(self, context: PolicyContext) -> Setup:
-        return Setup(memory=MemoryPolicy("interleave", "all"),
+        return Setup(memory=MemoryPolicy(MemoryPolicyKind.INTERLEAVE, "all"),
                      notes=("pages interleaved over all nodes at allocation (numactl --interleave=all)",))
 
     def decide(self, observation: Observation) -> list[Action]:

@@ -8,8 +8,8 @@ the next tier instead of dropping or swapping them. Nothing to decide afterwards
 
 from __future__ import annotations
 
-from policies.base import Action, Observation, Policy, PolicyContext, Setup
-from testbed.guest_client import TieringSettings
+from policies.base import Policy
+from testbed.values import Action, Observation, PolicyContext, Setup, TieringSettings
 
 MEMORY_TIERING = 2  # /proc/sys/kernel/numa_balancing: NUMA_BALANCING_MEMORY_TIERING
 

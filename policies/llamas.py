@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from policies.backend import SOLE_PLACER, SOLE_PLACER_NOTE, Backend, BackendPolicy, BackendSettings, NodeModel
-from policies.base import NodeView, PolicyContext, PolicyKind, RegionHint, Setup
 from policies.frontend import (
     QUOTE_LIMIT,
     DataKind,
@@ -54,6 +53,7 @@ from policies.llm_client import (
 from testbed.model import PAGE_SIZE, Performance
 from testbed.units import format_bandwidth, format_latency, format_size
 from testbed.validate import NODE_HEADROOM
+from testbed.values import NodeView, PolicyContext, PolicyKind, RegionHint, Setup
 
 ClientFactory = Callable[[Path], LlmClient]  # run directory -> a client that logs its transcript there
 SETUP_RECORD = "llamas-setup.json"

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from policies.backend import Array, BackendSettings, RegionTable
-from policies.base import Action, Migrate, NodeView, Observation, PolicyContext, Setup
 from policies.frontend import ProfileCache
 from policies.llamas import ClientFactory, LlamasPolicy, connect_for_run, describe_node
 from policies.llm_client import JsonObject, LlmAnswerError, Message, Transcript, data_block
@@ -40,6 +39,7 @@ from testbed.errors import UserError
 from testbed.model import PAGE_SIZE
 from testbed.units import format_size
 from testbed.validate import NODE_HEADROOM
+from testbed.values import Action, Migrate, NodeView, Observation, PolicyContext, Setup
 
 SCHEMA_NAME = "migrations"
 DECISIONS_LOG = "llamas-direct.jsonl"

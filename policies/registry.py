@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from policies.backend import BackendPolicy, BackendSettings
-from policies.base import Policy, PolicyKind
+from policies.base import Policy
 from policies.damos import Damos, DamosSettings
 from policies.first_touch import FirstTouch
 from policies.hot_cold import HotCold, HotColdSettings
@@ -22,6 +22,7 @@ from policies.kernel_tiering import KernelTiering
 from policies.llamas import LlamasPolicy
 from policies.llamas_direct import DirectSettings, LlamasDirectPolicy
 from testbed.errors import UserError
+from testbed.values import PolicyKind
 
 S = TypeVar("S")
 Options = Mapping[str, object]

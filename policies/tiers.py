@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from policies.base import NodeView
+from testbed.values import NodeView
 
 
 def speed_order(nodes: Iterable[NodeView]) -> tuple[NodeView, ...]:

@@ -31,11 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from guest.guestd.damon import Monitoring
 from policies.registry import known_policies
 from testbed.catalog import Catalog, default_catalog
 from testbed.model import System
 from testbed.units import parse_bandwidth, parse_latency, parse_size
+from testbed.values import Monitoring
 from testbed.workload import Workload, resolve_workload
 from testbed.yamlfields import Fields, load_yaml, named_file, whole
 

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 from guest.guestd import PROTOCOL_VERSION
-from guest.guestd.damon import Monitoring, Scheme
-from guest.guestd.pages import AddressRange
+from testbed.values import AddressRange, MemoryPolicy, MemoryPolicyKind, Monitoring, Scheme, TieringSettings
 
 T = TypeVar("T")
 JsonObject = dict[str, Any]
@@ -367,19 +366,14 @@ class PlaceResult:
     previous: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class TieringSettings:
-    numa_balancing: int | None  # 0 off, 1 NUMA balancing, 2 memory tiering, 3 both
-    demotion_enabled: bool | None
+def tiering_settings(values: ReplyFields) -> TieringSettings:
+    return TieringSettings(values.optional("numa_balancing", int), values.optional("demotion_enabled", bool))
 
-    @classmethod
-    def parse(cls, values: ReplyFields) -> TieringSettings:
-        return cls(values.optional("numa_balancing", int), values.optional("demotion_enabled", bool))
 
-    def to_args(self) -> JsonObject:
-        return {key: value for key, value in
-                (("numa_balancing", self.numa_balancing), ("demotion_enabled", self.demotion_enabled))
-                if value is not None}
+def tiering_args(settings: TieringSettings) -> JsonObject:
+    return {key: value for key, value in
+            (("numa_balancing", settings.numa_balancing), ("demotion_enabled", settings.demotion_enabled))
+            if value is not None}
 
 
 @dataclass(frozen=True)
@@ -415,19 +409,11 @@ class DamosInfo:
     nodes: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class MemoryPolicy:
-    """A numactl memory policy for a run: ``interleave``/``membind`` take nodes or "all", ``preferred`` one node."""
-
-    kind: str
-    nodes: tuple[int, ...] | str = "all"
-
-    def to_args(self) -> JsonObject:
-        if self.kind == "preferred":
-            if isinstance(self.nodes, str) or len(self.nodes) != 1:
-                raise ValueError(f"a preferred memory policy names one node, got {self.nodes!r}")
-            return {"preferred": self.nodes[0]}
-        return {self.kind: self.nodes if isinstance(self.nodes, str) else list(self.nodes)}
+def memory_args(memory: MemoryPolicy) -> JsonObject:
+    if memory.kind == MemoryPolicyKind.PREFERRED:
+        assert isinstance(memory.nodes, tuple)  # MemoryPolicy checks this
+        return {"preferred": memory.nodes[0]}
+    return {str(memory.kind): memory.nodes if isinstance(memory.nodes, str) else list(memory.nodes)}
 
 
 @dataclass(frozen=True)
@@ -709,10 +695,10 @@ class GuestClient:
 
     def tiering(self, settings: TieringSettings | None = None) -> TieringChange:
         """Read (``None``) or set the kernel's NUMA balancing mode and demotion; the daemon restores them on exit."""
-        args = settings.to_args() if settings else {}
+        args = tiering_args(settings) if settings else {}
         reply = self.call("tiering", args)
         self._tiering.update(args)
-        return TieringChange(TieringSettings.parse(reply.sub("previous")), TieringSettings.parse(reply.sub("current")))
+        return TieringChange(tiering_settings(reply.sub("previous")), tiering_settings(reply.sub("current")))
 
     # Observing ------------------------------------------------------------------------------
 
@@ -788,7 +774,7 @@ class GuestClient:
             cpus: Sequence[int] | None = None) -> RunHandle:
         """Start ``argv`` in the guest (under numactl when ``memory`` or ``cpus`` is given)."""
         args = {"argv": list(argv), "stdin": stdin, "cwd": cwd, "env": env,
-                "memory": memory.to_args() if memory else None, "cpus": list(cpus) if cpus else None}
+                "memory": memory_args(memory) if memory else None, "cpus": list(cpus) if cpus else None}
         connection = self._connection
         reply = self.call("run", args)
         run_id = reply.get("run", int)

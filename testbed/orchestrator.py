@@ -15,35 +15,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from guest.guestd.pages import AddressRange
-from policies.base import (
-    Action,
-    Migrate,
-    NodeView,
-    Observation,
-    Place,
-    Policy,
-    PolicyContext,
-    RegionHint,
-    RegionView,
-    Setup,
-)
+from policies.base import Policy
 from testbed.errors import UserError
 from testbed.experiment import Experiment
-from testbed.guest_client import (
-    GuestClient,
-    GuestdFailure,
-    GuestError,
-    NodeInfo,
-    ResidencyQuery,
-    RunExit,
-    RunHandle,
-)
+from testbed.guest_client import GuestClient, GuestdFailure, GuestError, NodeInfo, ResidencyQuery, RunExit, RunHandle
 from testbed.guest_client import Observation as GuestObservation
 from testbed.image import Image
 from testbed.model import PAGE_SIZE
 from testbed.timeline import Decision, EpochRecord, NodeState, RunEnd, RunStart, TimelineWriter
 from testbed.validate import validate
+from testbed.values import (
+    Action,
+    AddressRange,
+    Migrate,
+    NodeView,
+    Observation,
+    Place,
+    PolicyContext,
+    RegionHint,
+    RegionView,
+    Setup,
+)
 from testbed.vms import Vm, up
 from testbed.workload import EpochCounts, GroundTruth, OutputReader, RegionLayout, memtouch_input
 

@@ -20,9 +20,9 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from policies.base import PolicyKind
 from testbed.model import System
 from testbed.score import ORACLE, Array, RunData
+from testbed.values import PolicyKind
 
 if TYPE_CHECKING:
     from testbed.report import Summary

@@ -60,7 +60,6 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import PolicyKind
 from policies.oracle import OracleError
 from testbed import plots
 from testbed.catalog import Catalog
@@ -82,6 +81,7 @@ from testbed.score import (
 from testbed.table import markdown_table, render_table
 from testbed.timeline import Timeline, read_timeline
 from testbed.units import UnitError, format_bandwidth, parse_bandwidth
+from testbed.values import PolicyKind
 
 SUMMARY_FORMAT = 1
 REFERENCE_POLICY = "first-touch"  # the oracle starts where first touch put the pages

@@ -1,4 +1,4 @@
-"""The score of a run: modeled memory time (DESIGN.md §5), its lower bound and the oracle.
+"""The score of a run: modeled memory time, its lower bound and the oracle.
 
 On a machine without the real devices, wall-clock time cannot show what a
 placement is worth, so a run is scored by what its accesses would have cost:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policies.base import Action, Migrate, Observation, Place, RegionView
+from testbed.values import Action, Migrate, Observation, Place, RegionView
 
 # The kernel keeps some memory free for itself; a move that would take the
 # target node below this is refused rather than left to fail page by page.

@@ -32,7 +32,7 @@ from testbed.proc import run
 from testbed.render_qemu import GuestBoot, VmConfig, VmFiles, machine_args
 from testbed.ssh import GuestShell, known_hosts_line
 
-# Kernel arguments measured to shorten a TCG boot (DESIGN.md §4); panic=-1 with
+# Kernel arguments measured to shorten a TCG boot (each saves boot time under TCG); panic=-1 with
 # -no-reboot makes a failed boot end QEMU instead of hanging.
 KERNEL_CMDLINE = ("console=ttyS0 root=/dev/vda rw quiet mitigations=off tsc=reliable no_timer_check "
                   "cryptomgr.notests 8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp audit=0 panic=-1")

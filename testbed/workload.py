@@ -4,7 +4,7 @@ A workload spec (YAML in ``experiments/workloads/``, or embedded in an
 experiment) is turned into the input of ``memtouch`` (guest/workloads/memtouch.c),
 which performs exactly those accesses in the guest and reports, per epoch,
 region and chunk, the reads and writes it did. That report is the ground truth
-the score is computed from (DESIGN.md §5).
+the score is computed from (:mod:`testbed.score`).
 
 Spec format::
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from policies.backend import Backend, BackendPolicy, BackendSettings, NodeModel, RegionTable
-from policies.base import Migrate, NodeView, Observation, PolicyContext, RegionView
 from testbed.validate import NODE_HEADROOM, validate
+from testbed.values import Migrate, NodeView, Observation, PolicyContext, RegionView
 
 MIB = 2**20
 SAMPLE_S = 0.005

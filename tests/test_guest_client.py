@@ -12,8 +12,6 @@ import pytest
 from guestd_fake import FIRST_KDAMOND_PID, TRACEFS, FakeGuest, FakeProcess, aggregated_lines, build_tree
 
 from guest.guestd.daemon import Daemon
-from guest.guestd.damon import Monitoring, Scheme
-from guest.guestd.pages import AddressRange
 from guest.guestd.protocol import Output
 from guest.guestd.tracefs import Region
 from testbed.guest_client import (
@@ -22,9 +20,16 @@ from testbed.guest_client import (
     GuestdFailure,
     GuestError,
     GuestTimeout,
-    MemoryPolicy,
     ResidencyQuery,
     SubprocessTransport,
+)
+from testbed.values import (
+    AddressRange,
+    MemoryPolicy,
+    MemoryPolicyKind,
+    Monitoring,
+    Scheme,
+    SchemeAction,
     TieringSettings,
 )
 
@@ -147,8 +152,8 @@ def test_damon_regions_and_damos_through_the_client(client: GuestClient, guests:
     assert placed is not None
     assert [(region.sampled_pages, region.nodes) for region in placed.regions] == [
         (8, {0: 8 * 4096}), (24, {2: 24 * 4096})]
-    info = client.damos([Scheme("migrate_hot", target_node=0, nr_accesses=(5, 100), nodes=(2,)),
-                         Scheme("migrate_cold", target_node=2, nodes=(0,))])
+    info = client.damos([Scheme(SchemeAction.MIGRATE_HOT, target_node=0, nr_accesses=(5, 100), nodes=(2,)),
+                         Scheme(SchemeAction.MIGRATE_COLD, target_node=2, nodes=(0,))])
     assert info.nodes == (0, 2)
     report = client.damos_stop(info.id)
     assert [scheme.action for scheme in report.schemes] == ["migrate_hot", "migrate_cold"]
@@ -184,7 +189,7 @@ def test_runs_can_be_killed(client: GuestClient) -> None:
 
 def test_run_arguments_are_sent_as_the_protocol_says(client: GuestClient, guests: Guests) -> None:
     with pytest.raises(GuestError):
-        client.run(["/no/such/program"], memory=MemoryPolicy("interleave"), cpus=[0, 1])
+        client.run(["/no/such/program"], memory=MemoryPolicy(MemoryPolicyKind.INTERLEAVE), cpus=[0, 1])
     args = guests.current.sent[-1]["args"]
     assert args == {"argv": ["/no/such/program"], "stdin": None, "cwd": None, "env": None,
                     "memory": {"interleave": "all"}, "cpus": [0, 1]}

@@ -13,7 +13,6 @@ import pytest
 from fake_openai import FakeOpenAi
 
 from policies.backend import NodeModel
-from policies.base import Migrate, NodeView, Observation, PolicyContext, RegionHint, RegionView
 from policies.frontend import FREQUENCY_KEY, WEAR_KEY, ProfileCache, cache_key, profile_device, profile_frequency
 from policies.llamas import SETUP_RECORD, LlamasPolicy
 from policies.llamas_direct import DECISIONS_LOG, DirectSettings, LlamasDirectPolicy
@@ -22,6 +21,7 @@ from testbed.catalog import default_catalog
 from testbed.hmat import local_entry
 from testbed.model import System
 from testbed.validate import NODE_HEADROOM, validate
+from testbed.values import Migrate, NodeView, Observation, PolicyContext, RegionHint, RegionView
 
 MIB = 2**20
 NOT_SAID = {"quote": "not mentioned", "answer": False}

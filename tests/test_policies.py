@@ -7,14 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from guest.guestd.damon import MAX_UINT
-from policies.base import Action, Migrate, NodeView, Observation, PolicyContext, PolicyKind, RegionView
 from policies.damos import Damos
 from policies.hot_cold import HotCold, HotColdSettings
 from policies.registry import BOUNDS, known_policies, make_policy, policy_kind
 from policies.tiers import demotion_targets, speed_order
 from testbed.errors import UserError
-from testbed.guest_client import MemoryPolicy, TieringSettings
+from testbed.values import (
+    MAX_UINT,
+    Action,
+    MemoryPolicy,
+    MemoryPolicyKind,
+    Migrate,
+    NodeView,
+    Observation,
+    PolicyContext,
+    PolicyKind,
+    RegionView,
+    TieringSettings,
+)
 
 MIB = 1 << 20
 HEADROOM = HotColdSettings().headroom_bytes
@@ -191,7 +201,7 @@ def test_damos_without_tiers_uses_hmat_latency() -> None:
 def test_interleave_and_kernel_tiering_set_up_the_kernel_and_then_do_nothing() -> None:
     nodes = dram_cxl(fast_free=800 * MIB)
     interleave, tiering = make_policy("interleave"), make_policy("kernel-tiering")
-    assert interleave.setup(context(nodes)).memory == MemoryPolicy("interleave", "all")
+    assert interleave.setup(context(nodes)).memory == MemoryPolicy(MemoryPolicyKind.INTERLEAVE, "all")
     assert tiering.setup(context(nodes)).tiering == TieringSettings(numa_balancing=2, demotion_enabled=True)
     assert make_policy("first-touch").setup(context(nodes)).memory is None
     for policy in (interleave, tiering, make_policy("first-touch"), make_policy("damos")):

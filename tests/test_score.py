@@ -1,4 +1,4 @@
-"""The score: modeled memory time of hand-made runs, worked out by hand (DESIGN.md §5)."""
+"""The score: modeled memory time of hand-made runs, worked out by hand."""
 
 from __future__ import annotations
 

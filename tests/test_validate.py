@@ -1,5 +1,5 @@
-from policies.base import Action, Migrate, NodeView, Observation, Place, RegionView
 from testbed.validate import NODE_HEADROOM, validate
+from testbed.values import Action, Migrate, NodeView, Observation, Place, RegionView
 
 MIB = 2**20
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from policies.base import PolicyKind
 from policies.llm_client import uses_embedded_server
 from policies.registry import policy_kind
 from testbed.experiment import load_experiment
 from testbed.llm_server import running_server
 from testbed.runner import default_run_dir, run_experiment
+from testbed.values import PolicyKind
 
 DEMO_EXPERIMENT = "demo"
 

@@ -8,13 +8,12 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from guest.guestd.damon import Monitoring
-from guest.guestd.pages import AddressRange
 from testbed.errors import UserError
 from testbed.guest_client import GuestClient, GuestError, NodeInfo
 from testbed.guest_client import Observation as GuestObservation
 from testbed.table import render_table
 from testbed.units import format_size
+from testbed.values import AddressRange, Monitoring
 from testbed.vms import Vm, running_vm
 
 MIGRATION_COUNTERS = ("pgmigrate_success", "pgmigrate_fail", "pgpromote_success", "pgdemote_kswapd",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from policies.base import Action, Observation, Policy
+from policies.base import Policy
 from policies.first_touch import FirstTouch
 from testbed.cli import main
 from testbed.experiment import load_experiment
@@ -18,6 +18,7 @@ from testbed.image import Image
 from testbed.orchestrator import run_policy
 from testbed.runner import run_experiment
 from testbed.timeline import read_timeline
+from testbed.values import Action, Observation
 from testbed.vms import all_vms
 from testbed.workload import parse_workload
 

@@ -13,11 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from guest.guestd.pages import AddressRange
-from policies.base import NodeView, PolicyContext
 from policies.damos import Damos
-from testbed.guest_client import DamonRegion, GuestClient, MemoryPolicy, ResidencyQuery
+from testbed.guest_client import DamonRegion, GuestClient, ResidencyQuery
 from testbed.guest_client import Observation as GuestObservation
+from testbed.values import AddressRange, MemoryPolicy, MemoryPolicyKind, NodeView, PolicyContext
 from testbed.vms import Vm
 from testbed.workload import RegionLayout, memtouch_input, parse_output, parse_workload
 
@@ -37,7 +36,8 @@ def memtouch_spec(regions: list[dict[str, Any]]) -> str:
 def workload(guest: GuestClient, regions: list[dict[str, Any]],
              node: int = DRAM) -> Iterator[tuple[int, dict[str, RegionLayout]]]:
     """memtouch with ``regions`` first touched on ``node``: its pid and buffers by name; killed afterwards."""
-    run = guest.run([MEMTOUCH, "-"], stdin=memtouch_spec(regions), memory=MemoryPolicy("preferred", (node,)))
+    run = guest.run([MEMTOUCH, "-"], stdin=memtouch_spec(regions),
+                    memory=MemoryPolicy(MemoryPolicyKind.PREFERRED, (node,)))
     try:
         layout = parse_output([next(run.output(timeout=120)).line])  # printed once every page is touched
         yield run.pid, {region.name: region for region in layout.regions}
