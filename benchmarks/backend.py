@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.backend import Backend, NodeModel
+from policies.backend import Backend
+from policies.cost_model import NodeModel
 from policies.hot_cold import HotCold
 from testbed.table import render_table
 from testbed.values import Migrate, NodeView, Observation, PolicyContext, RegionView

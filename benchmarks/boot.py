@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from testbed.image import build_image
+from testbed.machine import VmBackend
 from testbed.table import render_table
 from testbed.vms import Vm, up
 
@@ -56,14 +57,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--system", default="dram-only")
-    parser.add_argument("--backends", nargs="+", default=["qemu", "libvirt"])
+    parser.add_argument("--backends", nargs="+", type=VmBackend, choices=list(VmBackend), default=list(VmBackend))
     args = parser.parse_args()
     build_image(log=silent)
     rows = []
     for backend in args.backends:
         name = f"bench-{backend}"
 
-        def start(warm: bool, cmdline: str = "", backend: str = backend, name: str = name) -> Vm:
+        def start(warm: bool, cmdline: str = "", backend: VmBackend = backend, name: str = name) -> Vm:
             return up(args.system, name=name, backend=backend, warm=warm, extra_cmdline=cmdline, log=silent)
 
         start(warm=True).down()  # make sure a saved state exists

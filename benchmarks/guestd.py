@@ -24,12 +24,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from testbed.guest_client import GuestClient
+from testbed.channel.client import GuestClient
 from testbed.image import build_image
+from testbed.memtouch import RegionLayout, memtouch_input, parse_output
 from testbed.table import render_table
 from testbed.values import AddressRange, MemoryPolicy, MemoryPolicyKind, Monitoring
 from testbed.vms import Vm, up
-from testbed.workload import RegionLayout, memtouch_input, parse_output, parse_workload
+from testbed.workload import parse_workload
 
 MEMTOUCH = "/opt/llamas/bin/memtouch"
 MIB = 1 << 20

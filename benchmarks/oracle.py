@@ -18,9 +18,9 @@ import time
 import numpy as np
 import numpy.typing as npt
 
-from policies.oracle import solve_placement
 from testbed.catalog import default_catalog
 from testbed.model import PAGE_SIZE
+from testbed.oracle import solve_placement
 from testbed.score import RunData, access_costs
 from testbed.table import render_table
 from testbed.workload import Accesses, Pattern, Region, Workload, load_workload, workload_path

@@ -43,20 +43,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from policies.backend import NodeModel
 from policies.base import Policy
+from policies.cost_model import NodeModel
 from policies.frontend import DataKind, DeviceProfile
 from policies.llamas import SETUP_RECORD, LlamasPolicy
 from policies.llamas_direct import LlamasDirectPolicy
 from policies.registry import make_policy
 from testbed.catalog import Catalog
 from testbed.hmat import expected_tier, hmat_targets, local_entry
+from testbed.memtouch import RegionLayout
 from testbed.model import MemoryNode, System
 from testbed.score import RunData, access_costs, run_data, score, score_run
 from testbed.timeline import EpochRecord, Timeline, read_timeline
 from testbed.validate import validate
 from testbed.values import Action, Migrate, NodeView, Observation, PolicyContext, RegionView
-from testbed.workload import RegionLayout
 
 MIB = 2**20
 Array = npt.NDArray[np.float64]
@@ -278,7 +278,7 @@ def recorded_line(record: EpochRecord) -> str:
     decision = record.decision
     if decision is None:
         return "    recorded: no decision"
-    moved = sum(action.get("moved_bytes", 0) for action in decision.actions)
+    moved = sum(action.outcome.moved_bytes for action in decision.actions)
     late = ", late" if decision.late else ""
     return (f"    recorded: {len(decision.actions)} actions moved {moved / MIB:.0f} MiB, {len(decision.rejected)} "
             f"refused{late}; the kernel migrated {record.migrated_bytes / MIB:.0f} MiB in the interval before")

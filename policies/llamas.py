@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from policies.backend import SOLE_PLACER, SOLE_PLACER_NOTE, Backend, BackendPolicy, BackendSettings, NodeModel
+from policies.backend import Backend, BackendSettings
+from policies.cost_model import NodeModel
 from policies.frontend import (
     QUOTE_LIMIT,
     DataKind,
@@ -40,6 +41,7 @@ from policies.frontend import (
     profile_frequency,
     quoted,
 )
+from policies.llamas_backend import SOLE_PLACER, SOLE_PLACER_NOTE, BackendPolicy
 from policies.llm_client import (
     JsonObject,
     LlmAnswerError,
@@ -50,9 +52,9 @@ from policies.llm_client import (
     connect,
     data_block,
 )
+from testbed.ledger import node_room
 from testbed.model import PAGE_SIZE, Performance
 from testbed.units import format_bandwidth, format_latency, format_size
-from testbed.validate import NODE_HEADROOM
 from testbed.values import NodeView, PolicyContext, PolicyKind, RegionHint, Setup
 
 ClientFactory = Callable[[Path], LlmClient]  # run directory -> a client that logs its transcript there
@@ -256,9 +258,9 @@ class PlacementResult:
 def use_costs(backend: Backend, use: DataKind) -> dict[int, float]:
     """What a page of data used this way costs per second on each node the backend knows."""
     uses, write_share = USE_RATES[use]
-    node_ids = sorted(backend.models)
-    costs = backend.costs(np.array([float(PAGE_SIZE)]), np.array([uses * (1 - write_share)]),
-                          np.array([uses * write_share]), node_ids)
+    node_ids = sorted(backend.cost_model.models)
+    costs = backend.cost_model.costs(np.array([float(PAGE_SIZE)]), np.array([uses * (1 - write_share)]),
+                                     np.array([uses * write_share]), node_ids)
     return dict(zip(node_ids, costs[:, 0].tolist(), strict=True))
 
 
@@ -295,11 +297,10 @@ def read_proposals(answer: Mapping[str, Any], context: PolicyContext) -> tuple[l
     return proposals, problems
 
 
-def settle_placement(proposals: Sequence[Proposal], nodes: Sequence[NodeView], backend: Backend,
-                     headroom: int = NODE_HEADROOM) -> PlacementResult:
+def settle_placement(proposals: Sequence[Proposal], nodes: Sequence[NodeView], backend: Backend) -> PlacementResult:
     """Where the proposals go: busiest first, to the LLM's node where the numbers agree, else the cheapest
     node with room for the use the LLM named."""
-    room = {node.id: node.free_bytes - headroom for node in nodes}
+    room = node_room(nodes)
     margin = 1 + backend.settings.margin
     costs = {use: use_costs(backend, use) for use in DataKind}
 

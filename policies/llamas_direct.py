@@ -4,9 +4,9 @@ Setup is the ``llamas`` policy's (device profiles, HMAT, hints). Then, each
 epoch, the LLM gets a compact view — the nodes with their free memory and
 profiles, the busiest and idlest regions one per line, the rest as one line —
 and answers with moves in a schema made for that request: region ids and node
-ids are enums of the ones that exist. Every answer is validated as the
-orchestrator would (ids, no-op moves, the budget, room on the target); moves
-that fail are dropped and counted. An epoch without a usable answer — none
+ids are enums of the ones that exist. Every answer is checked by the
+orchestrator's own validator (node ids, no-op moves, the budget, room on the
+target); moves that fail are dropped and counted. An epoch without a usable answer — none
 due, none by the deadline, a malformed or wholly invalid one, a failed call —
 falls back to the backend and is counted by reason.
 
@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, replace
@@ -31,15 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from policies.backend import Array, BackendSettings, RegionTable
+from policies.backend import BackendSettings
 from policies.frontend import ProfileCache
 from policies.llamas import ClientFactory, LlamasPolicy, connect_for_run, describe_node
 from policies.llm_client import JsonObject, LlmAnswerError, Message, Transcript, data_block
+from policies.region_table import Array, RegionTable
 from testbed.errors import UserError
-from testbed.model import PAGE_SIZE
+from testbed.ledger import Refusal
 from testbed.units import format_size
-from testbed.validate import NODE_HEADROOM
-from testbed.values import Action, Migrate, NodeView, Observation, PolicyContext, Setup
+from testbed.validate import validate
+from testbed.values import Action, Migrate, Observation, PolicyContext, RegionView, Setup
 
 SCHEMA_NAME = "migrations"
 DECISIONS_LOG = "llamas-direct.jsonl"
@@ -70,15 +72,11 @@ class Fallback(StrEnum):
 
 
 class Dropped(StrEnum):
-    """Why one proposed move was left out."""
+    """Why one proposed move was left out before the validator saw it (see ``Refusal`` for its reasons)."""
 
     MALFORMED = "malformed"
     UNKNOWN_REGION = "unknown_region"
-    UNKNOWN_NODE = "unknown_node"
     DUPLICATE = "duplicate"
-    NO_OP = "no_op"
-    OVER_BUDGET = "over_budget"
-    NO_ROOM = "no_room"
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,8 @@ class Question:
 @dataclass(frozen=True)
 class Verdict:
     moves: tuple[Migrate, ...]
-    dropped: tuple[tuple[int, Dropped, str], ...]  # (index in the answer, why, detail); index -1: the answer
+    # (index in the answer, why, detail); index -1: the answer. Why: the answer's fault, or the validator's.
+    dropped: tuple[tuple[int, Dropped | Refusal, str], ...]
     usable: bool  # the answer had the asked-for shape
 
 
@@ -118,62 +117,52 @@ def migration_schema(labels: Sequence[str], node_ids: Sequence[int]) -> JsonObje
             "properties": {"moves": {"type": "array", "items": move, "maxItems": len(labels)}}}
 
 
-class _MoveChecker:
-    """The checks the orchestrator's validator makes, move by move, with room and budget as they go."""
+def validate_moves(answer: Mapping[str, Any], labels: Mapping[str, tuple[int, int]], observation: Observation,
+                   budget: int) -> Verdict:
+    """The moves of an answer that can be made, in its order, and the rest with the reason.
 
-    def __init__(self, labels: Mapping[str, tuple[int, int]], table: RegionTable, nodes: Sequence[NodeView],
-                 budget: int, headroom: int) -> None:
-        self.labels = labels
-        self.table = table
-        self.room = {node.id: float(node.free_bytes - headroom) for node in nodes}
-        self.budget = float(budget)
-        self.seen: set[str] = set()
-
-    def check(self, item: object) -> Migrate | tuple[Dropped, str]:
-        if (not isinstance(item, Mapping) or set(item) != {"region", "node"} or not isinstance(item["region"], str)
-                or isinstance(item["node"], bool) or not isinstance(item["node"], int)):
-            return Dropped.MALFORMED, f"expected {{region: string, node: integer}}, got {item!r:.60}"
-        label, node = item["region"], item["node"]
-        if label not in self.labels:
-            return Dropped.UNKNOWN_REGION, f"no region {label!r:.20} was listed"
-        if node not in self.room or node not in self.table.node_ids:
-            return Dropped.UNKNOWN_NODE, f"no node {node}"
-        if label in self.seen:
-            return Dropped.DUPLICATE, f"{label} is already moved by this answer"
-        start, end = self.labels[label]
-        resident = dict(zip(self.table.node_ids, self.table.resident_in(start, end).tolist(), strict=True))
-        moving = (end - start) - resident[node]  # an unsampled part counts as moving, as the validator says
-        if moving < PAGE_SIZE:
-            return Dropped.NO_OP, f"{label} is already on node {node}"
-        if moving > self.budget:
-            return Dropped.OVER_BUDGET, f"{label} moves {format_size(moving)}, {format_size(self.budget)} left"
-        if moving > self.room[node]:
-            return Dropped.NO_ROOM, f"node {node} has {format_size(max(0.0, self.room[node]))} to spare"
-        self.seen.add(label)
-        self.budget -= moving
-        for other, held in resident.items():
-            self.room[other] += held
-        self.room[node] -= moving + resident[node]
-        return Migrate(start, end, node, f"LLM (direct): {label}")
-
-
-def validate_moves(answer: Mapping[str, Any], labels: Mapping[str, tuple[int, int]], table: RegionTable,
-                   nodes: Sequence[NodeView], budget: int, headroom: int = NODE_HEADROOM) -> Verdict:
-    """The moves of an answer that can be made, in its order, and the rest with the reason."""
+    The answer's own faults are checked here; whether a move fits is the orchestrator's validator's word,
+    asked with the moves accepted before it. A region moves once per answer: a later move of a region
+    already moved is a duplicate (the validator would charge it again)."""
     proposed = answer.get("moves")
     if not isinstance(proposed, list):
         return Verdict((), ((-1, Dropped.MALFORMED, f"expected a list of moves, got {proposed!r:.60}"),), False)
-    checker = _MoveChecker(labels, table, nodes, budget, headroom)
+    listed = replace(observation, regions=_overlapping(observation.regions, labels.values()))
     moves: list[Migrate] = []
-    dropped = [(-1, Dropped.MALFORMED, f"{key!r:.20} is not a field of the answer: ignored")
-               for key in sorted(set(answer) - {"moves"})]
+    moved: set[str] = set()
+    dropped: list[tuple[int, Dropped | Refusal, str]] = [
+        (-1, Dropped.MALFORMED, f"{key!r:.20} is not a field of the answer: ignored")
+        for key in sorted(set(answer) - {"moves"})]
     for index, item in enumerate(proposed):
-        outcome = checker.check(item)
-        if isinstance(outcome, Migrate):
-            moves.append(outcome)
+        if (not isinstance(item, Mapping) or set(item) != {"region", "node"} or not isinstance(item["region"], str)
+                or isinstance(item["node"], bool) or not isinstance(item["node"], int)):
+            dropped.append((index, Dropped.MALFORMED, f"expected {{region: string, node: integer}}, got {item!r:.60}"))
+        elif item["region"] not in labels:
+            dropped.append((index, Dropped.UNKNOWN_REGION, f"no region {item['region']!r:.20} was listed"))
+        elif item["region"] in moved:
+            dropped.append((index, Dropped.DUPLICATE, f"{item['region']} is already moved by this answer"))
         else:
-            dropped.append((index, *outcome))
+            move = Migrate(*labels[item["region"]], item["node"], f"LLM (direct): {item['region']}")
+            verdict = validate([*moves, move], listed, budget)
+            if verdict.refused:
+                dropped.append((index, verdict.refused[0][1].kind, verdict.refused[0][1].text))
+            else:
+                moves.append(move)
+                moved.add(item["region"])
     return Verdict(tuple(moves), tuple(dropped), True)
+
+
+def _overlapping(regions: Sequence[RegionView], ranges: Iterable[tuple[int, int]]) -> tuple[RegionView, ...]:
+    """The regions that overlap any of the (disjoint) ranges: all the validator looks at to check moves of
+    those ranges. It is asked once per proposed move; a few regions make that quick."""
+    spans = sorted(ranges)
+    starts, ends = [start for start, _ in spans], [end for _, end in spans]
+    overlapping = []
+    for region in regions:
+        after = bisect_right(ends, region.start)  # the first range that ends after the region starts
+        if after < len(starts) and starts[after] < region.end:
+            overlapping.append(region)
+    return tuple(overlapping)
 
 
 @dataclass(frozen=True)
@@ -241,7 +230,7 @@ class LlamasDirectPolicy(LlamasPolicy):
 
     def _region_lines(self, table: RegionTable) -> tuple[list[str], dict[str, tuple[int, int]]]:
         """One line per listed region (busiest, then idlest) and one for the rest."""
-        reads, writes = self.backend.rates(table)
+        reads, writes = self.backend.cost_model.rates(table)
         uses = reads + writes
         placed = np.flatnonzero(table.placed)
         busiest = placed[np.argsort(-uses[placed], kind="stable")][:self.direct.hottest]
@@ -296,8 +285,7 @@ class LlamasDirectPolicy(LlamasPolicy):
             return self._fallback(Fallback.INVALID, table, observation, {**record, "error": str(error)})
         except UserError as error:
             return self._fallback(Fallback.ERROR, table, observation, {**record, "error": str(error)})
-        verdict = validate_moves(answer, pending.question.labels, table, observation.nodes,
-                                 self.backend.migration_budget)
+        verdict = validate_moves(answer, pending.question.labels, observation, self.backend.migration_budget)
         self.counts.update(f"dropped.{reason}" for _, reason, _ in verdict.dropped)
         record.update(answer=answer, moves=[[m.start, m.end, m.node] for m in verdict.moves],
                       dropped=[[index, str(reason), detail] for index, reason, detail in verdict.dropped])

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TypeVar
 
-from policies.backend import BackendPolicy, BackendSettings
+from policies.backend import BackendSettings
 from policies.base import Policy
 from policies.damos import Damos, DamosSettings
 from policies.first_touch import FirstTouch
@@ -20,6 +20,7 @@ from policies.hot_cold import HotCold, HotColdSettings
 from policies.interleave import Interleave
 from policies.kernel_tiering import KernelTiering
 from policies.llamas import LlamasPolicy
+from policies.llamas_backend import BackendPolicy
 from policies.llamas_direct import DirectSettings, LlamasDirectPolicy
 from testbed.errors import UserError
 from testbed.values import PolicyKind
@@ -65,7 +66,7 @@ POLICIES: Mapping[str, Factory] = MappingProxyType({
     LlamasDirectPolicy.name: _tunable(lambda direct: LlamasDirectPolicy(direct=direct), DirectSettings),
     BackendPolicy.name: _tunable(BackendPolicy, BackendSettings),  # the backend alone on HMAT: an ablation
 })
-BOUNDS = frozenset({"oracle"})  # computed offline from the runs' ground truth (policies/oracle.py)
+BOUNDS = frozenset({"oracle"})  # computed offline from the runs' ground truth (testbed/oracle.py)
 
 
 def known_policies() -> list[str]:

@@ -5,28 +5,34 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from testbed.errors import UserError
 
 
+class Accelerator(StrEnum):
+    KVM = "kvm"
+    TCG = "tcg"  # QEMU's software emulation
+
+
 @dataclass(frozen=True)
 class Accel:
-    name: str  # "kvm" or "tcg"
+    name: Accelerator
     reason: str
 
 
-def choose_accel(requested: str | None = None, root: Path = Path("/")) -> Accel:
+def choose_accel(requested: Accelerator | None = None, root: Path = Path("/")) -> Accel:
     problem = kvm_problem(root)
-    if requested == "tcg":
-        return Accel("tcg", "requested with --accel tcg")
-    if requested == "kvm":
+    if requested == Accelerator.TCG:
+        return Accel(Accelerator.TCG, "requested with --accel tcg")
+    if requested == Accelerator.KVM:
         if problem:
             raise UserError(f"--accel kvm: KVM is not usable here: {problem}")
-        return Accel("kvm", "requested with --accel kvm")
+        return Accel(Accelerator.KVM, "requested with --accel kvm")
     if problem:
-        return Accel("tcg", f"KVM is not usable: {problem}; using TCG (software emulation)")
-    return Accel("kvm", "/dev/kvm is usable and the CPU has hardware virtualization")
+        return Accel(Accelerator.TCG, f"KVM is not usable: {problem}; using TCG (software emulation)")
+    return Accel(Accelerator.KVM, "/dev/kvm is usable and the CPU has hardware virtualization")
 
 
 def kvm_problem(root: Path = Path("/")) -> str | None:

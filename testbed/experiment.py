@@ -59,6 +59,7 @@ class Experiment:
     hints: bool
     damon: Monitoring
     source: Path
+    catalog: Catalog  # the system and its devices were read from it
 
     @property
     def interval_s(self) -> float:
@@ -89,6 +90,7 @@ def load_experiment(name_or_path: str, catalog: Catalog | None = None) -> Experi
         hints=fields.get("hints", _boolean, False),
         damon=_damon(fields) if fields.has("damon") else Monitoring(),
         source=path,
+        catalog=catalog,
     )
     fields.raw("damon", None)
     fields.done()

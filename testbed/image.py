@@ -2,12 +2,13 @@
 
 Two stages, each cached under the user's cache directory:
 1. a root file system from ``debootstrap`` (keyed by ``images/recipe.yaml``; ~1.5 min),
-2. the bootable image (keyed by the recipe, the overlay, the initrd script and
-   the guest code; ~30 s): overlay files, guest daemon and workloads, a fresh
-   client key pair and guest host key, an uncompressed ``vmlinux`` (booted
-   through its PVH entry, which saves decompression under TCG), a small initrd
-   with only the modules the root disk and network need, and an ext4 disk made
-   with ``mkfs.ext4 -d`` (no loop device) converted to qcow2.
+2. the bootable image (keyed by the recipe, the overlay, the initrd script,
+   the guest code and memtouch's compiler flags; ~30 s): overlay files, guest
+   daemon and workloads, a fresh client key pair and guest host key, an
+   uncompressed ``vmlinux`` (booted through its PVH entry, which saves
+   decompression under TCG), a small initrd with only the modules the root disk
+   and network need, and an ext4 disk made with ``mkfs.ext4 -d`` (no loop
+   device) converted to qcow2.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed import memtouch
 from testbed.catalog import REPO_ROOT
 from testbed.errors import UserError
 from testbed.paths import cache_dir, state_dir
 from testbed.proc import run, run_bytes
-from testbed.workload import build_memtouch
 from testbed.yamlfields import Fields, load_yaml
 
 IMAGES_DIR = REPO_ROOT / "images"
@@ -107,7 +108,9 @@ def image_key() -> str:
     """A hash of everything the image is made of; a change to any of it means a rebuild."""
     inputs = [RECIPE_FILE, IMAGES_DIR / "initrd-init", Path(__file__)]
     inputs += _files_under(IMAGES_DIR / "overlay") + _files_under(GUEST_DIR)
-    return _hash_files(inputs)[:16]
+    # memtouch's source is under guest/, but the binary the image ships is also made of the flags it is built with.
+    flags = " ".join(memtouch.MEMTOUCH_CFLAGS)
+    return hashlib.sha256(f"{_hash_files(inputs)} {flags}".encode()).hexdigest()[:16]
 
 
 def current_image() -> Image | None:
@@ -210,7 +213,7 @@ def _install_guest_code(root: Path, log: Log) -> None:
                     ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     log("image: building the workloads")
     (root / GUEST_BIN).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(build_memtouch(cache_dir() / "workloads"), root / GUEST_BIN / "memtouch")
+    shutil.copy2(memtouch.build_memtouch(cache_dir() / "workloads"), root / GUEST_BIN / "memtouch")
 
 
 def _enable_systemd_units(root: Path, units: Iterable[str]) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,8 +25,13 @@ LIBVIRT_SYSTEM_URI = "qemu:///system"
 LIBVIRT_SESSION_URI = "qemu:///session"
 
 
+class VmBackend(StrEnum):
+    QEMU = "qemu"  # a QEMU process this package starts and talks to over QMP
+    LIBVIRT = "libvirt"  # a libvirt domain
+
+
 class Machine(Protocol):
-    backend: str
+    backend: VmBackend
 
     def start(self) -> None:
         """Boot, or restore ``vm.incoming`` and resume it."""
@@ -42,16 +48,14 @@ class Machine(Protocol):
         """What finds this VM again from another process: a pid or a domain name."""
 
 
-def make_machine(backend: str, vm: VmConfig, name: str, handle: str | None = None) -> Machine:
-    if backend == "qemu":
+def make_machine(backend: VmBackend, vm: VmConfig, name: str, handle: str | None = None) -> Machine:
+    if backend == VmBackend.QEMU:
         return QemuMachine(vm, int(handle) if handle else None)
-    if backend == "libvirt":
-        return LibvirtMachine(vm, handle or f"llamas-{name}")
-    raise UserError(f"unknown backend {backend!r} (expected qemu or libvirt)")
+    return LibvirtMachine(vm, handle or f"llamas-{name}")
 
 
 class QemuMachine:
-    backend = "qemu"
+    backend = VmBackend.QEMU
 
     def __init__(self, vm: VmConfig, pid: int | None = None) -> None:
         self.vm = vm
@@ -124,7 +128,7 @@ class QemuMachine:
 
 
 class LibvirtMachine:
-    backend = "libvirt"
+    backend = VmBackend.LIBVIRT
 
     def __init__(self, vm: VmConfig, domain_name: str) -> None:
         self.vm = vm

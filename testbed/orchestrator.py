@@ -16,13 +16,27 @@ from pathlib import Path
 from typing import Any
 
 from policies.base import Policy
+from testbed.channel.errors import GuestdFailure, GuestError
+from testbed.channel.replies import NodeInfo, ObserveReply, ResidencyQuery, RunExit
 from testbed.errors import UserError
 from testbed.experiment import Experiment
-from testbed.guest_client import GuestClient, GuestdFailure, GuestError, NodeInfo, ResidencyQuery, RunExit, RunHandle
-from testbed.guest_client import Observation as GuestObservation
-from testbed.image import Image
+from testbed.memtouch import EpochCounts, GroundTruth, OutputReader, RegionLayout, memtouch_input
 from testbed.model import PAGE_SIZE
-from testbed.timeline import Decision, EpochRecord, NodeState, RunEnd, RunStart, TimelineWriter
+from testbed.run_vm import Guest, RunVm, VmFactory, WorkloadRun
+from testbed.timeline import (
+    ActionRecord,
+    ActionType,
+    Applied,
+    Decision,
+    EpochRecord,
+    NodeState,
+    Outcome,
+    Rejected,
+    RunEnd,
+    RunStart,
+    RunStatus,
+    TimelineWriter,
+)
 from testbed.validate import validate
 from testbed.values import (
     Action,
@@ -36,8 +50,6 @@ from testbed.values import (
     RegionView,
     Setup,
 )
-from testbed.vms import Vm, up
-from testbed.workload import EpochCounts, GroundTruth, OutputReader, RegionLayout, memtouch_input
 
 MEMTOUCH = "/opt/llamas/bin/memtouch"
 MIB = 2**20
@@ -74,28 +86,27 @@ class _Proposal:
 
 
 def run_policy(experiment: Experiment, policy: Policy, repeat: int, out: Path, progress: Progress,
-               image: Image | None = None) -> RunEnd:
-    """Run ``policy`` once (in a VM of ``image``, by default the current one) and record it in
-    ``out/timeline.jsonl``; returns how it ended."""
+               boot: VmFactory) -> RunEnd:
+    """Run ``policy`` once in a VM made by ``boot`` and record it in ``out/timeline.jsonl``;
+    returns how it ended. The VM is taken down whatever happens."""
     writer = TimelineWriter(out / "timeline.jsonl")
     epochs = 0
-    end = RunEnd("failed", "interrupted", 0)
-    vm: Vm | None = None
+    end = RunEnd(RunStatus.FAILED, "interrupted", 0)
+    vm: RunVm | None = None
     try:
-        vm = up(str(experiment.system.source), name=_vm_name(experiment, policy, repeat), image=image,
-                log=progress)
+        vm = boot(_vm_name(experiment, policy, repeat))
         with vm.guest() as guest, concurrent.futures.ThreadPoolExecutor(1) as decider:
             run = _Run(experiment, policy, guest, decider, writer, progress)
             for record in run.intervals(repeat, out):
                 epochs = record.epoch + 1
-        end = RunEnd("ok", None, epochs, policy.usage())
+        end = RunEnd(RunStatus.OK, None, epochs, policy.usage())
     except KeyboardInterrupt:
-        end = RunEnd("failed", "interrupted (Ctrl-C)", epochs, policy.usage())
+        end = RunEnd(RunStatus.FAILED, "interrupted (Ctrl-C)", epochs, policy.usage())
         raise
     except (GuestdFailure, UserError, OSError) as error:
-        end = RunEnd("failed", _reason(error, vm), epochs, policy.usage())
+        end = RunEnd(RunStatus.FAILED, _reason(error, vm), epochs, policy.usage())
     except Exception as error:  # a policy's own bug ends its run, not the experiment
-        end = RunEnd("failed", f"{type(error).__name__}: {error}", epochs, policy.usage())
+        end = RunEnd(RunStatus.FAILED, f"{type(error).__name__}: {error}", epochs, policy.usage())
     finally:
         writer.write(end)
         writer.close()
@@ -108,9 +119,9 @@ def _vm_name(experiment: Experiment, policy: Policy, repeat: int) -> str:
     return f"{experiment.name}-{policy.name}-r{repeat}"
 
 
-def _reason(error: BaseException, vm: Vm | None) -> str:
+def _reason(error: BaseException, vm: RunVm | None) -> str:
     """The error, and when the VM itself died, the end of its console."""
-    if vm is not None and not vm.machine.alive():
+    if vm is not None and not vm.alive():
         return f"the VM stopped ({error}); console tail:\n{vm.console_tail(10)}"
     return str(error)
 
@@ -118,7 +129,7 @@ def _reason(error: BaseException, vm: Vm | None) -> str:
 class _Run:
     """The loop of one policy run, with what it needs close at hand."""
 
-    def __init__(self, experiment: Experiment, policy: Policy, guest: GuestClient,
+    def __init__(self, experiment: Experiment, policy: Policy, guest: Guest,
                  decider: concurrent.futures.ThreadPoolExecutor, writer: TimelineWriter, progress: Progress) -> None:
         self.experiment = experiment
         self.policy = policy
@@ -180,7 +191,7 @@ class _Run:
             observation=observation_summary(observation),
         )
 
-    def _observe(self, state: _RunState, epoch: int, vmstat_delta: dict[str, int]) -> tuple[GuestObservation,
+    def _observe(self, state: _RunState, epoch: int, vmstat_delta: dict[str, int]) -> tuple[ObserveReply,
                                                                                                Observation]:
         ranges = [ResidencyQuery(region.address, region.size, region.chunk, _stride(region.chunk))
                   for region in state.layout]
@@ -212,36 +223,36 @@ class _Run:
         return _Proposal(list(actions), time.monotonic() - started, late=False)
 
     def _act(self, state: _RunState, actions: list[Action], observation: Observation, budget: int | None = None
-             ) -> tuple[tuple[dict[str, Any], ...], tuple[dict[str, Any], ...]]:
+             ) -> tuple[tuple[Applied, ...], tuple[Rejected, ...]]:
         """Validate, then apply in order; the guest gets the budget actually left, since the validator's
         estimate comes from sampled residency."""
         budget = budget or self.experiment.migration_budget
         verdict = validate(actions, observation, budget)
-        applied: list[dict[str, Any]] = []
-        rejected = [{**_describe(action), "reason": reason} for action, reason in verdict.rejected]
+        applied: list[Applied] = []
+        rejected = [Rejected(_record(action), reason) for action, reason in verdict.rejected]
         for action in verdict.accepted:
             if isinstance(action, Migrate) and budget < PAGE_SIZE:
-                rejected.append({**_describe(action), "reason": "over budget: earlier moves used it up"})
+                rejected.append(Rejected(_record(action), "over budget: earlier moves used it up"))
                 continue
             try:
                 outcome = self._apply(state, action, budget)
             except GuestError as error:  # the guest refused (nothing mapped, node full): recorded, not fatal
-                rejected.append({**_describe(action), "reason": f"guest: {error}"})
+                rejected.append(Rejected(_record(action), f"guest: {error}"))
                 continue
-            budget -= outcome.get("moved_bytes", 0)
-            applied.append({**_describe(action), **outcome})
+            budget -= outcome.moved_bytes
+            applied.append(Applied(_record(action), outcome))
         return tuple(applied), tuple(rejected)
 
-    def _apply(self, state: _RunState, action: Action, budget: int) -> dict[str, Any]:
+    def _apply(self, state: _RunState, action: Action, budget: int) -> Outcome:
         if isinstance(action, Place):
             placed = self.guest.place(state.pid, cpus=action.cpus)
-            return {"threads": placed.threads}
+            return Outcome(threads=placed.threads)
         # Migration under TCG runs at ~60 MiB/s, far slower onto emulated CXL devices.
         result = self.guest.migrate(state.pid, action.node, min(action.size, budget),
                                     ranges=[AddressRange(action.start, action.size)],
                                     timeout=max(60.0, action.size / MIB))
-        return {"moved_bytes": result.moved_bytes, "moved_pages": result.moved_pages,
-                "already_on_node": result.already_on_node, "failed": result.failed, "seconds": result.seconds}
+        return Outcome(moved_bytes=result.moved_bytes, moved_pages=result.moved_pages,
+                       already_on_node=result.already_on_node, failed=result.failed, seconds=result.seconds)
 
 
 def observation_summary(observation: Observation) -> dict[str, Any]:
@@ -291,7 +302,7 @@ def _placement_moves(placement: dict[str, int], layout: tuple[RegionLayout, ...]
             for name, node in placement.items() if name in by_name]
 
 
-def _first_touch(run: RunHandle, reader: OutputReader) -> GroundTruth:
+def _first_touch(run: WorkloadRun, reader: OutputReader) -> GroundTruth:
     """Wait for memtouch's regions line: it prints it once every page has been touched."""
     for event in run.output(timeout=SETUP_TIMEOUT_S):
         if event.stream == "stdout":
@@ -300,7 +311,7 @@ def _first_touch(run: RunHandle, reader: OutputReader) -> GroundTruth:
     raise RunFailed(f"the workload exited before mapping its memory: {_exit_text(run)}")
 
 
-def _next_epoch(run: RunHandle, reader: OutputReader, timeout: float) -> EpochCounts | None:
+def _next_epoch(run: WorkloadRun, reader: OutputReader, timeout: float) -> EpochCounts | None:
     """The workload's next interval of ground truth; None once it has reported them all."""
     for event in run.output(timeout=timeout):
         if event.stream == "stderr":
@@ -313,7 +324,7 @@ def _next_epoch(run: RunHandle, reader: OutputReader, timeout: float) -> EpochCo
     raise RunFailed(f"the workload ended before reporting all its intervals: {_exit_text(run)}")
 
 
-def _exit_text(run: RunHandle) -> str:
+def _exit_text(run: WorkloadRun) -> str:
     exit_event: RunExit | None = run.exit
     if exit_event is None:
         return "no exit status"
@@ -324,15 +335,15 @@ def _stride(chunk: int) -> int:
     return max(1, chunk // PAGE_SIZE // SAMPLES_PER_CHUNK)
 
 
-def _describe(action: Action) -> dict[str, Any]:
+def _record(action: Action) -> ActionRecord:
     if isinstance(action, Place):
-        return {"type": "place", "cpus": list(action.cpus), "why": action.reason}
-    return {"type": "migrate", "start": action.start, "end": action.end, "node": action.node, "why": action.reason}
+        return ActionRecord(ActionType.PLACE, action.reason, cpus=action.cpus)
+    return ActionRecord(ActionType.MIGRATE, action.reason, start=action.start, end=action.end, node=action.node)
 
 
 def _progress_line(policy: Policy, experiment: Experiment, record: EpochRecord) -> str:
     decision = record.decision
-    moved = sum(a.get("moved_bytes", 0) for a in decision.actions) if decision else 0
+    moved = sum(a.outcome.moved_bytes for a in decision.actions) if decision else 0
     rejected = len(decision.rejected) if decision else 0
     late = " late" if decision and decision.late else ""
     return (f"[{policy.name}] interval {record.epoch + 1}/{experiment.workload.epochs}: moved {moved / MIB:.0f} MiB, "

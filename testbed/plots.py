@@ -14,18 +14,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from testbed.model import System
-from testbed.score import ORACLE, Array, RunData
+from testbed.rundir import Run
+from testbed.score import ORACLE, Array, Oracle, RunData, placed_shares
+from testbed.summary import Reference, Summary
 from testbed.values import PolicyKind
-
-if TYPE_CHECKING:
-    from testbed.report import Summary
 
 DPI = 100
 PANEL_COLUMNS = 4
@@ -37,6 +35,20 @@ class PlotInputs:
     residency: dict[str, tuple[RunData, Array]]  # policy -> (its run's arrays, shares [k, c, n])
     truth: RunData | None  # the reference run: the ground truth
     region_names: tuple[str, ...]
+
+
+def plot_inputs(runs: list[Run], reference: Reference | None, best: Oracle | str) -> PlotInputs:
+    """Each policy's first readable run, the oracle's placement, and the reference's ground truth."""
+    residency: dict[str, tuple[RunData, Array]] = {}
+    for run in sorted(runs, key=lambda run: run.repeat):
+        if run.record is not None and run.epochs and run.policy not in residency:
+            residency[run.policy] = (run.record.data, placed_shares(run.record.data, run.record.costs))
+    if reference is None:
+        return PlotInputs(residency, None, ())
+    if isinstance(best, Oracle):
+        residency[ORACLE] = (reference.record.data, best.placement.shares)
+    regions = tuple(region.name for region in reference.record.timeline.start.regions)
+    return PlotInputs(residency, reference.record.data, regions)
 
 
 def write_plots(directory: Path, summary: Summary, system: System, inputs: PlotInputs) -> list[Path]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 import xml.etree.ElementTree as ET
 
+from testbed.accel import Accelerator
 from testbed.errors import UserError
 from testbed.hmat import hmat_entries
 from testbed.model import Emulation, MemoryNode, System
@@ -26,7 +27,7 @@ ET.register_namespace("qemu", QEMU_NS)
 def domain_xml(vm: VmConfig, name: str, run_as: tuple[int, int] | None = None) -> str:
     """The domain for ``vm``; ``run_as`` (uid, gid) makes QEMU run as that user, so it can read
     the user's own image and VM files instead of libvirt relabelling them."""
-    domain = ET.Element("domain", type="kvm" if vm.accel == "kvm" else "qemu")
+    domain = ET.Element("domain", type="kvm" if vm.accel == Accelerator.KVM else "qemu")
     ET.SubElement(domain, "name").text = name
     # Derived from the name: a restore must keep the saved domain's UUID.
     ET.SubElement(domain, "uuid").text = str(uuid.uuid5(uuid.NAMESPACE_URL, f"llamas:{name}"))

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed.accel import Accelerator
 from testbed.hmat import HmatEntry, hmat_entries, hmat_targets
 from testbed.model import Emulation, MemoryNode, System
 
@@ -53,7 +54,7 @@ class GuestBoot:
 @dataclass(frozen=True)
 class VmConfig:
     system: System
-    accel: str  # "kvm" or "tcg"
+    accel: Accelerator
     files: VmFiles
     boot: GuestBoot | None = None  # None: no guest, e.g. to check the machine starts
     ssh_port: int | None = None
@@ -76,7 +77,7 @@ def qemu_argv(vm: VmConfig) -> list[str]:
     return argv
 
 
-def machine_args(system: System, accel: str, files: VmFiles) -> list[str]:
+def machine_args(system: System, accel: Accelerator, files: VmFiles) -> list[str]:
     nvdimm = any(node.emulation is Emulation.NVDIMM for node in system.nodes)
     argv = ["-machine", "q35,hmat=on" + (",nvdimm=on" if nvdimm else ""), "-accel", accel,
             "-cpu", "max,-hypervisor"]

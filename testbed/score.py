@@ -20,7 +20,7 @@ placement is worth, so a run is scored by what its accesses would have cost:
 fastest node in every epoch, ignores capacity and charges no migration. The
 **oracle** is the best placement that respects each node's capacity, chosen
 with full knowledge of the ground truth and charged for its migrations
-(:mod:`policies.oracle`): an upper bound on what any policy can achieve.
+(:mod:`testbed.oracle`): an upper bound on what any policy can achieve.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from policies.oracle import Placement, solve_placement
+from testbed.ledger import HEADROOM
+from testbed.memtouch import RegionLayout
 from testbed.model import PAGE_SIZE, Device, System
+from testbed.oracle import Placement, solve_placement
 from testbed.timeline import EpochRecord, RunStart, Timeline
-from testbed.workload import RegionLayout
 
 Array = npt.NDArray[np.float64]
 Indices = npt.NDArray[np.intp]
@@ -41,14 +42,6 @@ Flags = npt.NDArray[np.bool_]
 
 NS = 1e-9
 ORACLE = "oracle"  # the oracle's name among the policies of a summary
-# The oracle may fill a node up to what the workload held there at the start plus
-# the node's free memory less this much. Linux keeps each node's free memory
-# above its zone watermarks (a few MiB on the catalog's 1-4 GiB nodes), and
-# during a run the guest's daemon, page tables, slab and page cache take memory
-# from the same nodes; a move into a node at its watermark makes the kernel
-# reclaim or fail the move. 64 MiB covers both; what the workload already held
-# on a node counts fully, so the run's own start is always a feasible placement.
-DEFAULT_HEADROOM = 64 * 2**20
 
 
 class TimelineError(ValueError):
@@ -172,8 +165,12 @@ def lower_bound_s(costs: Array) -> float:
     return float(costs.min(axis=2, initial=np.inf).sum()) if costs.size else 0.0
 
 
-def capacities(start: RunStart, node_count: int, headroom: int = DEFAULT_HEADROOM) -> Array:
-    """[n]: bytes of the workload each node may hold (see DEFAULT_HEADROOM); 0 for nodes the guest lacked."""
+def capacities(start: RunStart, node_count: int, headroom: int = HEADROOM) -> Array:
+    """[n]: bytes of the workload each node may hold; 0 for nodes the guest lacked.
+
+    What the workload held on a node at the start plus the node's free memory above the kernel's headroom,
+    which no policy's move may take either: what the workload already held counts fully, so the run's own
+    start is always a feasible placement."""
     capacity = np.zeros(node_count)
     for node in start.nodes:
         if not 0 <= node.id < node_count:
@@ -183,7 +180,7 @@ def capacities(start: RunStart, node_count: int, headroom: int = DEFAULT_HEADROO
 
 
 def oracle(data: RunData, costs: Array, start: RunStart, throughput: float,
-           headroom: int = DEFAULT_HEADROOM) -> Oracle:
+           headroom: int = HEADROOM) -> Oracle:
     """The best capacity-feasible placement, starting from the run's first measured residency."""
     capacity = capacities(start, costs.shape[2], headroom)
     initial = placed_shares(data, costs)[0] if data.epochs else np.zeros(costs.shape[1:])

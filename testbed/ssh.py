@@ -14,8 +14,8 @@ from pathlib import Path
 
 import paramiko
 
+from testbed.channel.transports import LineBuffer
 from testbed.errors import UserError
-from testbed.guest_client import LineBuffer
 
 GUEST_HOST = "127.0.0.1"
 

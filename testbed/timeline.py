@@ -12,17 +12,22 @@ report read only this file. Record types:
   policy saw (free memory per node, DAMON regions) and its decision (actions,
   rejections, time taken, whether it was late).
 - ``end``: ``ok`` or ``failed`` with the reason.
+
+The JSON shape is format 1 throughout: an action is one flat object (``type``,
+``why``, its range and node or its CPUs, then ``moved_bytes``… or ``reason``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
-from testbed.workload import Pattern, RegionLayout
+from testbed.memtouch import RegionLayout
+from testbed.workload import Pattern
 
 FORMAT_VERSION = 1
 
@@ -47,10 +52,51 @@ class RunStart:
     notes: tuple[str, ...] = ()
 
 
+class ActionType(StrEnum):
+    MIGRATE = "migrate"
+    PLACE = "place"
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """A policy's action as the timeline keeps it: a migration's range and node, or a placement's CPUs."""
+
+    type: ActionType
+    why: str
+    start: int | None = None
+    end: int | None = None
+    node: int | None = None
+    cpus: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the guest did for an applied action."""
+
+    moved_bytes: int = 0
+    moved_pages: int = 0
+    already_on_node: int = 0
+    failed: dict[str, int] = field(default_factory=dict)  # pages the kernel could not move, by errno
+    seconds: float = 0.0
+    threads: int = 0  # threads a placement pinned
+
+
+@dataclass(frozen=True)
+class Applied:
+    action: ActionRecord
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Rejected:
+    action: ActionRecord
+    reason: str  # why the validator or the guest refused it
+
+
 @dataclass(frozen=True)
 class Decision:
-    actions: tuple[dict[str, Any], ...]  # as sent to the guest, with what each achieved
-    rejected: tuple[dict[str, Any], ...]  # actions the validator refused, with the reason
+    actions: tuple[Applied, ...]  # as sent to the guest, with what each achieved
+    rejected: tuple[Rejected, ...]  # actions the validator or the guest refused
     seconds: float  # the policy's own time to decide
     late: bool  # missed the deadline: its actions were dropped for this interval
     error: str | None = None
@@ -72,9 +118,14 @@ class EpochRecord:
     observation: dict[str, Any] | None = None
 
 
+class RunStatus(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class RunEnd:
-    status: str  # "ok" or "failed"
+    status: RunStatus
     reason: str | None
     epochs: int
     usage: dict[str, float] = field(default_factory=dict)  # the policy's own costs (LLM calls, tokens, ...)
@@ -94,7 +145,12 @@ class TimelineWriter:
 
     def write(self, record: RunStart | EpochRecord | RunEnd) -> None:
         kind = {RunStart: "start", EpochRecord: "epoch", RunEnd: "end"}[type(record)]
-        self._file.write(json.dumps({"type": kind, "format": FORMAT_VERSION, **asdict(record)}) + "\n")
+        data = asdict(record)
+        if isinstance(record, EpochRecord) and record.decision is not None:
+            data["decision"] = {**data["decision"], "actions": [_flat(a.action, asdict(a.outcome))
+                                                                for a in record.decision.actions],
+                                "rejected": [_flat(r.action, {"reason": r.reason}) for r in record.decision.rejected]}
+        self._file.write(json.dumps({"type": kind, "format": FORMAT_VERSION, **data}) + "\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -114,12 +170,12 @@ def read_timeline(path: Path) -> Timeline:
         elif kind == "epoch":
             epochs.append(_epoch(record))
         elif kind == "end":
-            end = RunEnd(**record)
+            end = RunEnd(**{**record, "status": RunStatus(record["status"])})
         else:
             raise ValueError(f"{path}:{number}: unknown record type {kind!r}")
     if start is None:
         raise ValueError(f"{path}: no start record")
-    return Timeline(start, tuple(epochs), end or RunEnd("failed", "the run stopped without an end record",
+    return Timeline(start, tuple(epochs), end or RunEnd(RunStatus.FAILED, "the run stopped without an end record",
                                                          len(epochs)))
 
 
@@ -150,6 +206,31 @@ def _epoch(record: dict[str, Any]) -> EpochRecord:
         "writes": tuple(tuple(row) for row in record["writes"]),
         "residency": tuple(tuple({int(node): pages for node, pages in chunk.items()} for chunk in region)
                            for region in record["residency"]),
-        "decision": Decision(**{**decision, "actions": tuple(decision["actions"]),
-                                "rejected": tuple(decision["rejected"])}) if decision else None,
+        "decision": Decision(**{**decision, "actions": tuple(_applied(a) for a in decision["actions"]),
+                                "rejected": tuple(_rejected(r) for r in decision["rejected"])}) if decision else None,
     })
+
+
+# An action's line in the timeline is one flat object: the action's fields (those it has), then what it
+# achieved or why it was refused.
+_ACTION_FIELDS = tuple(f.name for f in fields(ActionRecord))
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
+
+
+def _flat(action: ActionRecord, rest: dict[str, Any]) -> dict[str, Any]:
+    return {**{key: value for key, value in asdict(action).items() if value is not None}, **rest}
+
+
+def _action(data: dict[str, Any]) -> ActionRecord:
+    values = {key: data[key] for key in _ACTION_FIELDS if key in data}
+    cpus = values.get("cpus")
+    return ActionRecord(**{**values, "type": ActionType(data["type"]),
+                           "cpus": tuple(cpus) if cpus is not None else None})
+
+
+def _applied(data: dict[str, Any]) -> Applied:
+    return Applied(_action(data), Outcome(**{key: data[key] for key in _OUTCOME_FIELDS if key in data}))
+
+
+def _rejected(data: dict[str, Any]) -> Rejected:
+    return Rejected(_action(data), data["reason"])

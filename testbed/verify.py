@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from testbed.guest_client import Hmat, NodeInfo
+from testbed.channel.replies import Hmat, NodeInfo
 from testbed.hmat import expected_tier, local_entry
 from testbed.model import Emulation, MemoryNode, System
 from testbed.table import render_table

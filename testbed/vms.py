@@ -16,16 +16,17 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from testbed.accel import choose_accel
+from testbed.accel import Accelerator, choose_accel
 from testbed.bringup import bringup_script
-from testbed.catalog import default_catalog
+from testbed.catalog import Catalog, default_catalog
+from testbed.channel.client import GuestClient
 from testbed.errors import UserError
-from testbed.guest_client import GuestClient
 from testbed.image import Image, require_image
-from testbed.machine import Machine, make_machine
+from testbed.machine import Machine, VmBackend, make_machine
 from testbed.model import Emulation, System
 from testbed.paths import cache_dir, state_dir
 from testbed.proc import run
@@ -38,7 +39,7 @@ KERNEL_CMDLINE = ("console=ttyS0 root=/dev/vda rw quiet mitigations=off tsc=reli
                   "cryptomgr.notests 8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp audit=0 panic=-1")
 READY_MARKER = "LLAMAS_READY"
 GUEST_DAEMON = "guestd"  # installed by the image; speaks guest/PROTOCOL.md on stdin/stdout
-BOOT_TIMEOUT = {"kvm": 60.0, "tcg": 180.0}
+BOOT_TIMEOUT = {Accelerator.KVM: 60.0, Accelerator.TCG: 180.0}
 RESTORE_TIMEOUT = 60.0
 Log = Callable[[str], None]
 
@@ -47,17 +48,24 @@ class BootFailed(UserError):
     pass
 
 
+class BootKind(StrEnum):
+    COLD = "cold"  # booted the kernel
+    WARM = "warm"  # restored from a saved state
+
+
 @dataclass(frozen=True)
 class VmRecord:
     name: str
     system: str  # path of the system YAML
-    backend: str
-    accel: str
+    catalog: str  # the device catalog the system was read with
+    backend: VmBackend
+    accel: Accelerator
+    accel_reason: str  # why this accelerator (KVM works, or why not)
     ssh_port: int
     image: str
     handle: str  # the QEMU pid or the libvirt domain name
     started: float
-    boot: str  # "cold" or "warm"
+    boot: BootKind
     boot_seconds: float
     cmdline: str
 
@@ -66,7 +74,9 @@ class VmRecord:
 
     @classmethod
     def read(cls, directory: Path) -> VmRecord:
-        return cls(**json.loads((directory / "vm.json").read_text()))
+        data = json.loads((directory / "vm.json").read_text())
+        return cls(**{**data, "backend": VmBackend(data["backend"]), "accel": Accelerator(data["accel"]),
+                      "boot": BootKind(data["boot"])})
 
 
 def vms_dir() -> Path:
@@ -90,6 +100,9 @@ class Vm:
     @property
     def machine(self) -> Machine:
         return make_machine(self.record.backend, self.config(), self.name, self.record.handle)
+
+    def alive(self) -> bool:
+        return self.machine.alive()
 
     def config(self, incoming: Path | None = None) -> VmConfig:
         boot = GuestBoot(self.image.kernel, self.image.initrd, self.record.cmdline)
@@ -126,23 +139,27 @@ class Vm:
         self.down()
 
 
-def up(system_ref: str, *, name: str | None = None, backend: str = "qemu", accel: str | None = None,
-       warm: bool = True, extra_cmdline: str = "", image: Image | None = None, log: Log = print) -> Vm:
-    """Start a VM for a system and return it ready: SSH works and every device is a NUMA node.
+def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = None,
+       backend: VmBackend = VmBackend.QEMU, accel: Accelerator | None = None, warm: bool = True,
+       extra_cmdline: str = "", image: Image | None = None, log: Log = print) -> Vm:
+    """Start a VM for a system (a name in ``catalog``, or a path) and return it ready: SSH works and
+    every device is a NUMA node.
 
     ``image`` defaults to the one built from the current code; an experiment passes the one it
     started with, so that its runs stay comparable whatever changes meanwhile.
     """
-    catalog = default_catalog()
+    catalog = catalog or default_catalog()
     system = catalog.load_system(system_ref)
     image = image or require_image()
     chosen = choose_accel(accel)
     log(f"accelerator: {chosen.name} ({chosen.reason})")
     name = name or _free_name(system.name)
     directory = _claim(name)
-    record = VmRecord(name=name, system=str(catalog.system_path(system_ref).resolve()), backend=backend,
-                      accel=chosen.name, ssh_port=_free_port(), image=image.key, handle="", started=time.time(),
-                      boot="cold", boot_seconds=0.0, cmdline=f"{KERNEL_CMDLINE} {extra_cmdline}".strip())
+    record = VmRecord(name=name, system=str(catalog.system_path(system_ref).resolve()),
+                      catalog=str(catalog.root.resolve()), backend=backend, accel=chosen.name,
+                      accel_reason=chosen.reason, ssh_port=_free_port(), image=image.key, handle="",
+                      started=time.time(), boot=BootKind.COLD, boot_seconds=0.0,
+                      cmdline=f"{KERNEL_CMDLINE} {extra_cmdline}".strip())
     vm = Vm(record, system, image)
     (directory / "known_hosts").write_text(known_hosts_line(record.ssh_port, image.host_key))
     record.write(directory)
@@ -155,6 +172,13 @@ def up(system_ref: str, *, name: str | None = None, backend: str = "qemu", accel
     except BaseException:
         vm.down()
         raise
+
+
+def booter(system: System, catalog: Catalog, image: Image | None = None, log: Log = print) -> Callable[[str], Vm]:
+    """A factory of ready VMs of ``system``, each named by its caller (one per policy run)."""
+    def boot(name: str) -> Vm:
+        return up(str(system.source), catalog=catalog, name=name, image=image, log=log)
+    return boot
 
 
 def _start(vm: Vm, warm: bool, log: Log) -> Vm:
@@ -186,7 +210,7 @@ def _cold_boot(vm: Vm, log: Log) -> None:
     script = bringup_script(vm.system)
     if script:
         vm.shell().run(script, timeout=120)
-    _update(vm, boot="cold", boot_seconds=round(time.monotonic() - started, 2))
+    _update(vm, boot=BootKind.COLD, boot_seconds=round(time.monotonic() - started, 2))
     log(f"{vm.name}: cold boot to ready in {vm.record.boot_seconds:.1f} s ({vm.record.backend}, "
         f"{vm.record.accel})")
 
@@ -199,7 +223,7 @@ def _restore(vm: Vm, snapshot: Snapshot, log: Log) -> Vm:
     _update(vm, handle=machine.handle)
     # The guest's clock stopped at save time; set it from the host's.
     vm.shell(timeout=RESTORE_TIMEOUT).run(f"date -s @{time.time():.3f} > /dev/null")
-    _update(vm, boot="warm", boot_seconds=round(time.monotonic() - started, 2))
+    _update(vm, boot=BootKind.WARM, boot_seconds=round(time.monotonic() - started, 2))
     log(f"{vm.name}: warm start to ready in {vm.record.boot_seconds:.1f} s ({vm.record.backend}, "
         f"{vm.record.accel})")
     return vm
@@ -276,7 +300,7 @@ def snapshot_key(vm: Vm) -> str:
     """
     placeholder = VmFiles(Path("/snapshot"))
     identity = {"image": vm.image.key, "backend": vm.record.backend, "accel": vm.record.accel,
-                "domain": vm.name if vm.record.backend == "libvirt" else None,
+                "domain": vm.name if vm.record.backend == VmBackend.LIBVIRT else None,
                 "machine": machine_args(vm.system, vm.record.accel, placeholder), "cmdline": vm.record.cmdline,
                 "bringup": bringup_script(vm.system), "qemu": run(["qemu-system-x86_64", "--version"]).splitlines()[0]}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -321,7 +345,7 @@ def load_vm(name: str) -> Vm:
         raise UserError(f"no VM named {name!r}" + (f" (known: {known})" if known else " (none are running)"))
     record = VmRecord.read(directory)
     image = Image(cache_dir() / "images" / record.image)
-    return Vm(record, default_catalog().load_system(record.system), image)
+    return Vm(record, Catalog(Path(record.catalog)).load_system(record.system), image)
 
 
 def running_vm(name: str) -> Vm:

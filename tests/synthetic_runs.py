@@ -14,17 +14,24 @@ from pathlib import Path
 from typing import Any
 
 from testbed.catalog import DEFAULT_CATALOG, Catalog
+from testbed.memtouch import RegionLayout
 from testbed.model import System
 from testbed.timeline import (
+    ActionRecord,
+    ActionType,
+    Applied,
     Decision,
     EpochRecord,
     NodeState,
+    Outcome,
+    Rejected,
     RunEnd,
     RunStart,
+    RunStatus,
     Timeline,
     TimelineWriter,
 )
-from testbed.workload import Pattern, RegionLayout
+from testbed.workload import Pattern
 
 MiB = 2**20
 PAGE = 4096
@@ -67,8 +74,9 @@ def epoch(number: int, reads: Counts, writes: Counts | None = None, residency: R
 
 
 def decision(actions: int = 0, rejected: int = 0, late: bool = False) -> Decision:
-    return Decision(actions=tuple({"kind": "migrate", "bytes": MiB} for _ in range(actions)),
-                    rejected=tuple({"kind": "migrate", "reason": "over budget"} for _ in range(rejected)),
+    move = ActionRecord(ActionType.MIGRATE, "test", start=0, end=MiB, node=1)
+    return Decision(actions=tuple(Applied(move, Outcome(moved_bytes=MiB)) for _ in range(actions)),
+                    rejected=tuple(Rejected(move, "over budget") for _ in range(rejected)),
                     seconds=0.01, late=late)
 
 
@@ -78,14 +86,15 @@ def nodes(*sizes: tuple[int, int, int]) -> tuple[NodeState, ...]:
 
 
 def timeline(regions: tuple[RegionLayout, ...], epochs: Sequence[EpochRecord], node_states: tuple[NodeState, ...],
-             policy: str = "first-touch", kind: str = "baseline", repeat: int = 0, status: str | None = "ok",
+             policy: str = "first-touch", kind: str = "baseline", repeat: int = 0,
+             status: RunStatus | None = RunStatus.OK,
              reason: str | None = None, usage: dict[str, float] | None = None, interval_s: float = 1.0,
              notes: tuple[str, ...] = ()) -> Timeline:
     """A run's record; ``status=None`` leaves the end record out (a run cut short)."""
     start = RunStart(policy=policy, kind=kind, repeat=repeat, interval_s=interval_s, page_size=PAGE,
                      regions=regions, nodes=node_states, notes=notes)
-    end = RunEnd(status=status or "failed", reason=reason, epochs=len(epochs), usage=usage or {})
-    return Timeline(start, tuple(epochs), end if status else RunEnd("failed", None, len(epochs)))
+    end = RunEnd(status=status or RunStatus.FAILED, reason=reason, epochs=len(epochs), usage=usage or {})
+    return Timeline(start, tuple(epochs), end if status else RunEnd(RunStatus.FAILED, None, len(epochs)))
 
 
 def write_timeline(path: Path, record: Timeline, with_end: bool = True) -> Path:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.accel import choose_accel, kvm_problem
+from testbed.accel import Accelerator, choose_accel, kvm_problem
 from testbed.errors import UserError
 
 
@@ -34,5 +34,5 @@ def test_tcg_when_kvm_cannot_run_a_guest(tmp_path: Path, flags: str, pvm: bool, 
     assert chosen.name == "tcg"
     assert reason in chosen.reason
     with pytest.raises(UserError, match=reason):
-        choose_accel("kvm", root)
-    assert choose_accel("tcg", root).name == "tcg"
+        choose_accel(Accelerator.KVM, root)
+    assert choose_accel(Accelerator.TCG, root).name == "tcg"

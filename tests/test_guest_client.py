@@ -14,15 +14,10 @@ from guestd_fake import FIRST_KDAMOND_PID, TRACEFS, FakeGuest, FakeProcess, aggr
 from guest.guestd.daemon import Daemon
 from guest.guestd.protocol import Output
 from guest.guestd.tracefs import Region
-from testbed.guest_client import (
-    ChannelClosed,
-    GuestClient,
-    GuestdFailure,
-    GuestError,
-    GuestTimeout,
-    ResidencyQuery,
-    SubprocessTransport,
-)
+from testbed.channel.client import GuestClient
+from testbed.channel.errors import ChannelClosed, GuestdFailure, GuestError, GuestTimeout
+from testbed.channel.replies import ResidencyQuery
+from testbed.channel.transports import SubprocessTransport
 from testbed.values import (
     AddressRange,
     MemoryPolicy,

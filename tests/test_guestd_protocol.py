@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from guest.guestd.daemon import serve
 from guest.guestd.protocol import MAX_LINE_BYTES, Output
 from guest.guestd.runs import Placement
-from testbed.guest_client import SubprocessTransport
+from testbed.channel.transports import SubprocessTransport
 
 PID = 4242
 HEAP = 0x10000000

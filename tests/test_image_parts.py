@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from testbed import memtouch
 from testbed.errors import UserError
-from testbed.image import extract_vmlinux, installed_packages, module_load_order
+from testbed.image import extract_vmlinux, image_key, installed_packages, module_load_order
 
 MODULES_DEP = """\
 kernel/fs/ext4/ext4.ko.xz: kernel/lib/crc16.ko.xz kernel/fs/mbcache.ko.xz kernel/fs/jbd2/jbd2.ko.xz
@@ -70,3 +71,9 @@ def test_a_new_build_prunes_what_no_vm_uses(tmp_path: Path, monkeypatch: pytest.
     image._prune("new", tmp_path / "cache/rootfs/current")
     left = sorted(str(p.relative_to(tmp_path / "cache")) for p in (tmp_path / "cache").glob("*/*"))
     assert left == ["images/new", "images/running", "rootfs/current", "snapshots/new-1", "snapshots/running-3"]
+
+
+def test_the_image_key_covers_memtouchs_compiler_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = image_key()
+    monkeypatch.setattr(memtouch, "MEMTOUCH_CFLAGS", (*memtouch.MEMTOUCH_CFLAGS, "-march=native"))
+    assert image_key() != key

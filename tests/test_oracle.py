@@ -9,7 +9,7 @@ import numpy.typing as npt
 import pytest
 from synthetic_runs import MiB, epoch, layout, nodes, on, system, timeline
 
-from policies.oracle import OracleError, Placement, solve_placement
+from testbed.oracle import OracleError, Placement, solve_placement
 from testbed.score import access_costs, lower_bound_s, oracle, run_data
 
 Array = npt.NDArray[np.float64]

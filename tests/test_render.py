@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed.accel import Accelerator
 from testbed.catalog import default_catalog
 from testbed.hmat import hmat_entries
 from testbed.model import Emulation, System
@@ -21,7 +22,7 @@ SYSTEMS = [system.name for system in default_catalog().systems()]
 
 def preview(system: System, directory: Path = Path("/vm")) -> VmConfig:
     boot = GuestBoot(Path("/image/vmlinux"), Path("/image/initrd.img"), "console=ttyS0")
-    return VmConfig(system, "tcg", VmFiles(directory), boot, ssh_port=2222)
+    return VmConfig(system, Accelerator.TCG, VmFiles(directory), boot, ssh_port=2222)
 
 
 def check_golden(name: str, text: str) -> None:
@@ -83,7 +84,7 @@ def test_qemu_accepts_the_machine_and_builds_its_nodes(name: str, tmp_path: Path
             files.nvdimm(node).write_bytes(b"")
             os.truncate(files.nvdimm(node), node.backing_size)
     argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-S",
-            "-qmp", f"unix:{files.qmp},server=on,wait=off", *machine_args(system, "tcg", files)]
+            "-qmp", f"unix:{files.qmp},server=on,wait=off", *machine_args(system, Accelerator.TCG, files)]
     qemu = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
         with Qmp(files.qmp, timeout=20) as qmp:

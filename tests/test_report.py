@@ -25,8 +25,9 @@ from test_render import check_golden
 
 from testbed.cli import main
 from testbed.errors import ConfigError
-from testbed.report import RunDirError, read_manifest, result_table, summarize
-from testbed.timeline import Timeline
+from testbed.report import result_table, write_results
+from testbed.rundir import RunDirError, read_manifest
+from testbed.timeline import RunStatus, Timeline
 
 GiB = 2**30
 # dram-cxl; node 0 has room for the workload's 4MiB there (free memory is all headroom), node 1 for anything.
@@ -57,7 +58,7 @@ def experiment(root: Path, **options: Any) -> Path:
                         moved=4 * MiB),
         "llamas-r1": run("llamas", lambda k: [[on(0), on(0)], [split(n0=256, n1=256)]], kind="llm", repeat=1,
                          moved_at=1, usage={"llm_calls": 3, "tokens": 1200}),
-        "llamas-r2": run("llamas", lambda k: [[on(0), on(1)], [on(1)]], kind="llm", repeat=2, status="failed",
+        "llamas-r2": run("llamas", lambda k: [[on(0), on(1)], [on(1)]], kind="llm", repeat=2, status=RunStatus.FAILED,
                          reason="the LLM server stopped", usage={"llm_calls": 5, "tokens": 2000}),
     }
     options.setdefault("throughput", THROUGHPUT)
@@ -65,7 +66,7 @@ def experiment(root: Path, **options: Any) -> Path:
 
 
 def test_report_and_table_match_golden(tmp_path: Path) -> None:
-    summary = summarize(experiment(tmp_path))
+    summary = write_results(experiment(tmp_path))
     check_golden("report-synthetic.md", (tmp_path / "report.md").read_text())
     check_golden("report-synthetic.table.txt", result_table(summary) + "\n")
     plots = sorted(path.name for path in (tmp_path / "plots").iterdir())
@@ -75,7 +76,7 @@ def test_report_and_table_match_golden(tmp_path: Path) -> None:
 
 
 def test_summary_json_holds_every_policy_the_oracle_and_the_bound(tmp_path: Path) -> None:
-    summarize(experiment(tmp_path), with_plots=False)
+    write_results(experiment(tmp_path), with_plots=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["format"], summary["experiment"], summary["system"]) == (1, "synthetic", "dram-cxl")
     assert (summary["epochs"], summary["reference_run"]) == (4, "runs/first-touch")
@@ -96,7 +97,7 @@ def test_summary_json_holds_every_policy_the_oracle_and_the_bound(tmp_path: Path
 
 
 def test_a_failed_repeat_is_kept_but_the_policy_counts_its_finished_runs(tmp_path: Path) -> None:
-    summary = summarize(experiment(tmp_path), with_plots=False)
+    summary = write_results(experiment(tmp_path), with_plots=False)
     llamas = summary.policies["llamas"]
     assert (llamas.kind, llamas.status, llamas.partial) == ("llm", "failed", False)
     assert llamas.reason == "runs/llamas-r2: the LLM server stopped"
@@ -113,7 +114,7 @@ def test_repeats_give_the_mean_the_spread_and_each_run(tmp_path: Path) -> None:
     runs = {f"hot-cold-r{repeat}": run("hot-cold", first_touch if repeat == 1 else lambda k: [[on(0), on(0)], [on(0)]],
                                        repeat=repeat)
             for repeat in (1, 2)}
-    summary = summarize(run_directory(tmp_path, "dram-cxl", runs), with_plots=False)
+    summary = write_results(run_directory(tmp_path, "dram-cxl", runs), with_plots=False)
     policy = summary.policies["hot-cold"]
     times = [result.metrics.modeled_time_s or 0.0 for result in policy.repeats]
     assert [result.run for result in policy.repeats] == ["runs/hot-cold-r1", "runs/hot-cold-r2"]
@@ -130,7 +131,7 @@ def test_a_run_cut_short_is_summarised_as_failed_with_what_it_measured(tmp_path:
     record = root / "runs" / "first-touch" / "timeline.jsonl"
     lines = record.read_text().splitlines()
     record.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # killed mid-write
-    summary = summarize(root, with_plots=False)
+    summary = write_results(root, with_plots=False)
     policy = summary.policies["first-touch"]
     assert (policy.status, policy.partial, policy.metrics.epochs) == ("failed", True, EPOCHS - 1)
     assert policy.reason == "runs/first-touch: the run stopped without an end record"
@@ -144,7 +145,7 @@ def test_an_unreadable_timeline_fails_its_run_and_the_others_are_kept(tmp_path: 
     record = root / "runs" / "hot-cold" / "timeline.jsonl"
     lines = record.read_text().splitlines()
     record.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
-    summary = summarize(root, with_plots=False)
+    summary = write_results(root, with_plots=False)
     hot_cold = summary.policies["hot-cold"]
     assert hot_cold.status == "failed"
     assert hot_cold.reason == "runs/hot-cold: runs/hot-cold/timeline.jsonl:2: not a JSON record"
@@ -154,7 +155,7 @@ def test_an_unreadable_timeline_fails_its_run_and_the_others_are_kept(tmp_path: 
 
 def test_a_record_that_contradicts_itself_names_the_epoch(tmp_path: Path) -> None:
     bad = run("first-touch", lambda k: [[on(0), on(7)], [on(1)]])
-    summary = summarize(run_directory(tmp_path, "dram-cxl", {"first-touch": bad}), with_plots=False)
+    summary = write_results(run_directory(tmp_path, "dram-cxl", {"first-touch": bad}), with_plots=False)
     reason = summary.policies["first-touch"].reason or ""
     assert "runs/first-touch/timeline.jsonl: epoch 0: region 'r0' has 512 pages on node 7" in reason
     assert summary.policies["oracle"].status == "failed"
@@ -163,7 +164,7 @@ def test_a_record_that_contradicts_itself_names_the_epoch(tmp_path: Path) -> Non
 
 def test_a_listed_policy_without_a_run_is_reported(tmp_path: Path) -> None:
     runs = {"first-touch": run("first-touch", first_touch)}
-    summary = summarize(run_directory(tmp_path, "dram-cxl", runs, policies=["first-touch", "damos", "oracle"]),
+    summary = write_results(run_directory(tmp_path, "dram-cxl", runs, policies=["first-touch", "damos", "oracle"]),
                         with_plots=False)
     assert summary.policies["damos"].status == "failed"
     assert summary.policies["damos"].reason == "no run directory runs/damos"
@@ -171,7 +172,7 @@ def test_a_listed_policy_without_a_run_is_reported(tmp_path: Path) -> None:
 
 
 def test_a_run_directory_without_runs_still_gets_a_summary(tmp_path: Path) -> None:
-    summary = summarize(run_directory(tmp_path, "dram-cxl", {}, policies=["first-touch"]))
+    summary = write_results(run_directory(tmp_path, "dram-cxl", {}, policies=["first-touch"]))
     assert summary.policies["oracle"].reason == "no run has a readable record to take the ground truth from"
     assert (tmp_path / "report.md").exists()
 
@@ -179,7 +180,7 @@ def test_a_run_directory_without_runs_still_gets_a_summary(tmp_path: Path) -> No
 def test_a_run_that_starts_elsewhere_can_beat_the_oracle_and_is_explained(tmp_path: Path) -> None:
     runs = {"first-touch": run("first-touch", first_touch),
             "interleave": run("interleave", lambda k: [[on(0), on(1)], [on(0)]])}  # r1 on DRAM from the start
-    summary = summarize(run_directory(tmp_path, "dram-cxl", runs), with_plots=False)
+    summary = write_results(run_directory(tmp_path, "dram-cxl", runs), with_plots=False)
     assert (summary.policies["interleave"].metrics.ratio_to_oracle or 1.0) < 1.0
     assert ("runs/interleave scored below the oracle: its first epoch's placement differs from the oracle's start "
             "by 4MiB.") in summary.notes
@@ -189,18 +190,18 @@ def test_a_run_that_saw_other_accesses_is_flagged(tmp_path: Path) -> None:
     other = run("hot-cold", first_touch)
     other = Timeline(other.start, (epoch(0, reads=[[1, 1], [1]]), *other.epochs[1:]), other.end)
     runs = {"first-touch": run("first-touch", first_touch), "hot-cold": other}
-    summary = summarize(run_directory(tmp_path, "dram-cxl", runs), with_plots=False)
+    summary = write_results(run_directory(tmp_path, "dram-cxl", runs), with_plots=False)
     assert ("runs/hot-cold: its ground truth differs from runs/first-touch's in 1 epochs, so its score does not "
             "compare with the others.") in summary.notes
 
 
 def test_throughput_may_be_a_string_or_measured(tmp_path: Path) -> None:
     root = experiment(tmp_path, throughput="1GB/s")
-    assert read_manifest(root / "manifest.json").migration_throughput == 1e9
+    assert read_manifest(root).migration_throughput == 1e9
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["experiment"]["migration"] = {"throughput": None, "measured": 6.3e7, "chosen": "measured in the guest"}
     (root / "manifest.json").write_text(json.dumps(manifest))
-    read = read_manifest(root / "manifest.json")
+    read = read_manifest(root)
     assert read.migration_throughput == 6.3e7
     assert read.migration_notes == (("measured", "63000000.0"), ("chosen", "measured in the guest"))
 
@@ -217,17 +218,17 @@ def test_a_manifest_without_a_usable_throughput_is_an_error(tmp_path: Path, migr
     manifest["experiment"]["migration"] = migration
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match=problem) as error:
-        summarize(root)
+        write_results(root)
     assert str(root / "manifest.json") in str(error.value)
 
 
 def test_missing_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match=re.escape(f"{tmp_path / 'manifest.json'}: missing")):
-        summarize(tmp_path)
+        write_results(tmp_path)
     root = experiment(tmp_path)
     (root / "catalog" / "systems" / "dram-cxl.yaml").unlink()
     with pytest.raises(RunDirError, match=re.escape("catalog/systems/dram-cxl.yaml: missing")):
-        summarize(root)
+        write_results(root)
 
 
 def test_llamas_report_rerenders_from_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from synthetic_runs import MiB, epoch, layout, nodes, on, split, system, timeline
 
+from testbed.ledger import HEADROOM
+from testbed.memtouch import RegionLayout
 from testbed.score import (
-    DEFAULT_HEADROOM,
     TimelineError,
     access_costs,
     capacities,
@@ -16,8 +17,8 @@ from testbed.score import (
     score,
     score_run,
 )
-from testbed.timeline import EpochRecord
-from testbed.workload import Pattern, RegionLayout
+from testbed.timeline import EpochRecord, RunStatus
+from testbed.workload import Pattern
 
 NS = 1e-9
 GiB = 2**30
@@ -118,7 +119,8 @@ def test_costs_are_per_node_and_the_bound_takes_the_cheapest() -> None:
 
 
 def test_a_run_with_no_epochs_scores_zero() -> None:
-    result = score_run(timeline(layout(1), [], DRAM_CXL, status="failed", reason="boom"), system("dram-cxl"), 1e9)
+    record = timeline(layout(1), [], DRAM_CXL, status=RunStatus.FAILED, reason="boom")
+    result = score_run(record, system("dram-cxl"), 1e9)
     assert (result.modeled_time_s, result.lower_bound_s, result.epochs) == (0.0, 0.0, 0)
 
 
@@ -135,6 +137,6 @@ def test_a_record_that_contradicts_its_start_is_an_error(bad: EpochRecord, messa
 def test_capacity_is_what_the_workload_held_plus_free_memory_above_the_headroom() -> None:
     start = timeline(layout(1), [], nodes((GiB, 10 * MiB, 900 * MiB), (GiB, 500 * MiB, 0))).start
     capacity = capacities(start, 3)
-    assert 64 * MiB == DEFAULT_HEADROOM
+    assert 64 * MiB == HEADROOM
     # node 0: less free memory than the headroom, so only what it held; node 1: 500 - 64; node 2: absent
     assert capacity.tolist() == [900 * MiB, 436 * MiB, 0]

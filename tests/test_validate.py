@@ -1,4 +1,5 @@
-from testbed.validate import NODE_HEADROOM, validate
+from testbed.ledger import HEADROOM
+from testbed.validate import validate
 from testbed.values import Action, Migrate, NodeView, Observation, Place, RegionView
 
 MIB = 2**20
@@ -42,7 +43,7 @@ def test_no_op_over_budget_unknown_node_and_unobserved_range_are_refused() -> No
 
 
 def test_a_demotion_makes_room_for_the_promotion_after_it() -> None:
-    full = observation(free0=NODE_HEADROOM + 16 * MIB)
+    full = observation(free0=HEADROOM + 16 * MIB)
     promote = Migrate(0, 64 * MIB, 0)
     assert reasons(validate([promote], full, budget=256 * MIB))[0].startswith("no room")
     demote = Migrate(64 * MIB, 128 * MIB, 1)

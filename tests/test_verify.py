@@ -1,7 +1,7 @@
 from dataclasses import replace
 
 from testbed.catalog import default_catalog
-from testbed.guest_client import Hmat, NodeInfo
+from testbed.channel.replies import Hmat, NodeInfo
 from testbed.hmat import expected_tier, local_entry
 from testbed.model import System
 from testbed.verify import GuestFacts, dax_backing, verify

@@ -1,11 +1,17 @@
-"""memtouch compiled natively on the host and run on short specs: it does and reports what the spec says."""
+"""memtouch's output is read and checked; compiled natively on the host and run on short specs, it does and
+reports what the spec says."""
 
 from __future__ import annotations
 
+import json
+import os
+import queue
 import signal
 import struct
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,22 +19,104 @@ from typing import Any
 import numpy as np
 import pytest
 
-from testbed.workload import (
-    WORKLOADS_DIR,
+from testbed.memtouch import (
+    BARRIER_FLAG,
+    RELEASE_SIGNAL,
     GroundTruth,
     MemtouchBuildError,
-    Workload,
+    MemtouchOutputError,
+    OutputReader,
     build_memtouch,
-    load_workload,
     memtouch_input,
     parse_output,
-    parse_workload,
 )
+from testbed.workload import WORKLOADS_DIR, Pattern, Workload, load_workload, parse_workload
 
 MiB = 2**20
 PAGE = 4096
 LINE = 64
 ELF_PT_INTERP = 3
+
+
+# ---- parsing memtouch's output ----
+
+REGIONS_LINE = {"type": "regions", "version": 1, "pid": 42, "seed": 9, "epoch_us": 100000, "slices": 10,
+                "page_size": 4096, "regions": [
+                    {"name": "a", "pattern": "zipf", "address": 2**21, "size": 2**22, "chunk": 2**21,
+                     "pages": 1024, "chunks": 2},
+                    {"name": "b", "pattern": "uniform", "address": 2**23, "size": 2**21, "chunk": 2**21,
+                     "pages": 512, "chunks": 1}]}
+
+
+def epoch_line(epoch: int, reads: list[list[int]], writes: list[list[int]], late: Any = False) -> dict[str, Any]:
+    return {"type": "epoch", "epoch": epoch, "phase": 0, "start_us": 10 + epoch, "end_us": 11 + epoch,
+            "busy_us": 1, "late": late, "reads": reads, "writes": writes}
+
+
+def jsonl(*objects: dict[str, Any]) -> list[str]:
+    return [json.dumps(item) for item in objects]
+
+
+def test_output_is_parsed_into_arrays_per_region_and_epoch() -> None:
+    truth = parse_output(jsonl(REGIONS_LINE, epoch_line(0, [[5, 1], [7]], [[2, 0], [0]]),
+                               epoch_line(1, [[4, 2], [6]], [[1, 1], [3]], late=True),
+                               {"type": "done", "epochs": 2, "late_epochs": 1}))
+    assert truth.finished and (truth.pid, truth.seed, truth.epoch_us) == (42, 9, 100000)
+    assert [region.name for region in truth.regions] == ["a", "b"]
+    assert truth.regions[0].pattern is Pattern.ZIPF
+    np.testing.assert_array_equal(truth.reads("a"), [[5, 1], [4, 2]])
+    np.testing.assert_array_equal(truth.writes("b"), [[0], [3]])
+    assert [epoch.late for epoch in truth.epochs] == [False, True]
+
+
+def test_wait_us_is_read_and_defaults_to_0_for_older_lines() -> None:
+    truth = parse_output(jsonl(REGIONS_LINE, {**epoch_line(0, [[0, 0], [0]], [[0, 0], [0]]), "wait_us": 7},
+                               epoch_line(1, [[0, 0], [0]], [[0, 0], [0]])))
+    assert [epoch.wait_us for epoch in truth.epochs] == [7, 0]
+
+
+def test_output_reader_reports_epochs_as_they_arrive() -> None:
+    reader = OutputReader()
+    assert reader.feed(json.dumps(REGIONS_LINE)) is None
+    epoch = reader.feed(json.dumps(epoch_line(0, [[1, 2], [3]], [[0, 0], [1]])))
+    assert epoch is not None
+    np.testing.assert_array_equal(epoch.reads[0], [1, 2])
+    truth = reader.result()
+    assert not truth.finished and len(truth.epochs) == 1
+
+
+def test_output_without_epochs_gives_empty_arrays() -> None:
+    truth = parse_output(jsonl(REGIONS_LINE))
+    assert truth.reads("a").shape == (0, 2)
+    with pytest.raises(KeyError):
+        truth.reads("c")
+
+
+BAD_OUTPUTS = [
+    (["not json"], "line 1: not JSON"),
+    (jsonl(epoch_line(0, [[0, 0], [0]], [[0, 0], [0]])), "line 1: expected the 'regions' line first"),
+    (jsonl(REGIONS_LINE, epoch_line(1, [[0, 0], [0]], [[0, 0], [0]])), "line 2: expected epoch 0, got 1"),
+    (jsonl(REGIONS_LINE, epoch_line(0, [[0], [0]], [[0, 0], [0]])), "line 2: 'reads' of region 'a' must be 2 counts"),
+    (jsonl(REGIONS_LINE, epoch_line(0, [[0, 0]], [[0, 0], [0]])), "line 2: 'reads' has 1 regions, expected 2"),
+    (jsonl(REGIONS_LINE, epoch_line(0, [[0, -1], [0]], [[0, 0], [0]])), "'reads' of region 'a' must be 2 counts"),
+    (jsonl(REGIONS_LINE, epoch_line(0, [[0, 0], [0]], [[0, 0], [0]], late="no")), "'late' must be true or false"),
+    (jsonl(REGIONS_LINE, {**epoch_line(0, [[0, 0], [0]], [[0, 0], [0]]), "wait_us": -1}),
+     "'wait_us' must be a whole number"),
+    (jsonl(REGIONS_LINE, {"type": "done", "epochs": 3}), "line 2: 'done' reports 3 epochs, 0 were printed"),
+    (jsonl(REGIONS_LINE, {"type": "done", "epochs": 0}, {"type": "done", "epochs": 0}), "line 3: output continues"),
+    (jsonl(REGIONS_LINE, {"type": "surprise"}), "line 2: unexpected line type 'surprise'"),
+    (jsonl({**REGIONS_LINE, "pid": "x"}), "'pid' must be a whole number"),
+    ([], "printed no 'regions' line"),
+]
+
+
+@pytest.mark.parametrize(("output", "message"), BAD_OUTPUTS)
+def test_bad_output_names_the_line(output: list[str], message: str) -> None:
+    with pytest.raises(MemtouchOutputError, match=message):
+        parse_output(output)
+
+
+# ---- running the program ----
 
 
 @pytest.fixture(scope="session")
@@ -265,3 +353,145 @@ def test_linger_keeps_the_memory_mapped_until_a_signal(memtouch: Path) -> None:
     assert process.poll() is None  # still there, memory still mapped
     process.terminate()
     assert process.wait(timeout=10) == -signal.SIGTERM
+
+
+# ---- the epoch barrier ----
+
+RELEASE = signal.Signals[f"SIG{RELEASE_SIGNAL}"]
+
+
+class Held:
+    """A running memtouch whose output a thread reads, so that a test can wait for a line with a timeout."""
+
+    def __init__(self, binary: Path, spec: Workload, flags: tuple[str, ...]) -> None:
+        self.process = subprocess.Popen([str(binary), *flags], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        assert self.process.stdin and self.process.stdout
+        self.process.stdin.write(memtouch_input(spec))
+        self.process.stdin.close()
+        self.reader = OutputReader()
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stdout: Any) -> None:
+        for line in stdout:
+            self._lines.put(line)
+
+    def line(self, timeout: float = 10) -> dict[str, Any]:
+        text = self._lines.get(timeout=timeout)
+        self.reader.feed(text)
+        value: dict[str, Any] = json.loads(text)
+        return value
+
+    def silent_for(self, seconds: float) -> bool:
+        try:
+            self.line(timeout=seconds)
+        except queue.Empty:
+            return True
+        return False
+
+    def release(self) -> None:
+        os.kill(self.process.pid, RELEASE)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._thread.join(timeout=10)
+        assert self.process.stdout
+        self.process.stdout.close()
+
+
+@pytest.fixture
+def start(memtouch: Path) -> Iterator[Callable[..., Held]]:
+    """Starts memtouch on a spec with the given flags (the barrier by default); ends what is left at teardown."""
+    started: list[Held] = []
+
+    def starting(spec: Workload, *flags: str) -> Held:
+        started.append(Held(memtouch, spec, flags or (BARRIER_FLAG,)))
+        return started[-1]
+
+    yield starting
+    for held in started:
+        held.close()
+
+
+def run_released(held: Held, epochs: int, delay: float = 0) -> GroundTruth:
+    """Releases each epoch but the last ``delay`` seconds after its line, as the host does once it has acted."""
+    assert held.line()["type"] == "regions"
+    for epoch in range(epochs):
+        assert held.line()["epoch"] == epoch
+        if epoch + 1 < epochs:
+            time.sleep(delay)
+            held.release()
+    assert held.line()["type"] == "done"
+    assert held.process.wait(timeout=10) == 0
+    return held.reader.result()
+
+
+@pytest.mark.parametrize("flags", [(BARRIER_FLAG,), (BARRIER_FLAG, "--linger"), ("--linger", BARRIER_FLAG)])
+def test_barrier_holds_each_epoch_until_released(start: Callable[..., Held], flags: tuple[str, ...]) -> None:
+    held = start(workload(region("a", "uniform", 1000), phases=[{"epochs": 3}]), *flags)
+    assert held.line()["type"] == "regions"
+    for epoch in range(2):
+        assert held.line()["epoch"] == epoch
+        assert held.silent_for(0.5)
+        held.release()
+    assert held.line()["epoch"] == 2
+    assert held.line(timeout=5)["type"] == "done"  # no release after the last epoch
+    if "--linger" in flags:
+        time.sleep(0.2)
+        assert held.process.poll() is None
+    else:
+        assert held.process.wait(timeout=10) == 0
+
+
+def test_a_release_sent_before_the_boundary_is_kept(start: Callable[..., Held]) -> None:
+    held = start(workload(region("a", "uniform", 1000), phases=[{"epochs": 2}], epoch="300ms"))
+    assert held.line()["type"] == "regions"
+    held.release()  # epoch 0 runs for 300ms yet
+    first, second = held.line(), held.line(timeout=5)
+    assert (first["epoch"], second["epoch"]) == (0, 1)
+    assert second["wait_us"] < 20_000 and second["start_us"] == first["end_us"] + second["wait_us"]
+    assert held.line()["type"] == "done"
+    assert held.process.wait(timeout=10) == 0
+
+
+def test_barrier_does_not_change_the_counts(memtouch: Path, start: Callable[..., Held]) -> None:
+    spec = workload(region("u", "uniform", 20_000, write_fraction=0.2), region("z", "zipf", 20_000, hot_drift="1MiB"),
+                    region("s", "sequential", 10_000), region("c", "chase", 5_000, write_fraction=0.5),
+                    phases=[{"epochs": 2}, {"epochs": 2, "regions": {"u": {"accesses": 7}}}])
+    free, held = run(memtouch, spec), run_released(start(spec), epochs=4)
+    assert [epoch.wait_us for epoch in free.epochs] == [0] * 4
+    for name in ("u", "z", "s", "c"):
+        np.testing.assert_array_equal(held.reads(name), free.reads(name), err_msg=name)
+        np.testing.assert_array_equal(held.writes(name), free.writes(name), err_msg=name)
+
+
+def test_wait_us_is_the_hold_and_the_next_epoch_is_paced_from_its_release(start: Callable[..., Held]) -> None:
+    truth = run_released(start(workload(region("a", "uniform", 1000))), epochs=2, delay=0.4)
+    before, after = truth.epochs
+    assert before.wait_us == 0 and after.wait_us >= 300_000
+    assert after.start_us == before.end_us + after.wait_us
+    # Paced from the old schedule, the epoch would have been late by the whole hold.
+    assert not after.late and after.end_us - after.start_us == 50_000
+    assert after.busy_us < 50_000
+
+
+@pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_a_held_program(start: Callable[..., Held], ending: signal.Signals) -> None:
+    held = start(workload(region("a", "uniform", 100)))
+    assert held.line()["type"] == "regions" and held.line()["epoch"] == 0
+    time.sleep(0.1)  # into the wait
+    held.process.send_signal(ending)
+    assert held.process.wait(timeout=10) == -ending
+
+
+def test_check_excludes_the_other_flags(memtouch: Path) -> None:
+    text = memtouch_input(workload(region("a", "uniform", 1)))
+    for flags in (["--check", BARRIER_FLAG], [BARRIER_FLAG, "--check"], [BARRIER_FLAG, BARRIER_FLAG]):
+        result = subprocess.run([str(memtouch), *flags], input=text, capture_output=True, text=True, timeout=10,
+                                check=False)
+        assert (result.returncode, result.stdout) == (2, ""), flags
+        assert result.stderr.startswith("usage: memtouch [--check | [--linger] [--barrier]]")

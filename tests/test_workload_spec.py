@@ -1,27 +1,22 @@
-"""The workload spec: parsing, errors naming file and field, memtouch's input, its output."""
+"""The workload spec: parsing, errors naming file and field, and the memtouch input it makes."""
 
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 
 from testbed.errors import ConfigError
+from testbed.memtouch import memtouch_input
 from testbed.workload import (
     WORKLOADS_DIR,
     Accesses,
-    MemtouchOutputError,
-    OutputReader,
     Pattern,
     Workload,
     load_workload,
-    memtouch_input,
-    parse_output,
     parse_workload,
     resolve_workload,
     workload_path,
@@ -233,73 +228,3 @@ def test_memtouch_input_lines() -> None:
         "access region=a count=10 write=0.25 exponent=1.2 hot_offset=1024 hot_drift=256",
         "access region=log count=500 write=0.0 stride=128",
     ]
-
-
-# ---- parsing memtouch's output ----
-
-REGIONS_LINE = {"type": "regions", "version": 1, "pid": 42, "seed": 9, "epoch_us": 100000, "slices": 10,
-                "page_size": 4096, "regions": [
-                    {"name": "a", "pattern": "zipf", "address": 2**21, "size": 2**22, "chunk": 2**21,
-                     "pages": 1024, "chunks": 2},
-                    {"name": "b", "pattern": "uniform", "address": 2**23, "size": 2**21, "chunk": 2**21,
-                     "pages": 512, "chunks": 1}]}
-
-
-def epoch_line(epoch: int, reads: list[list[int]], writes: list[list[int]], late: Any = False) -> dict[str, Any]:
-    return {"type": "epoch", "epoch": epoch, "phase": 0, "start_us": 10 + epoch, "end_us": 11 + epoch,
-            "busy_us": 1, "late": late, "reads": reads, "writes": writes}
-
-
-def lines(*objects: dict[str, Any]) -> list[str]:
-    return [json.dumps(item) for item in objects]
-
-
-def test_output_is_parsed_into_arrays_per_region_and_epoch() -> None:
-    truth = parse_output(lines(REGIONS_LINE, epoch_line(0, [[5, 1], [7]], [[2, 0], [0]]),
-                               epoch_line(1, [[4, 2], [6]], [[1, 1], [3]], late=True),
-                               {"type": "done", "epochs": 2, "late_epochs": 1}))
-    assert truth.finished and (truth.pid, truth.seed, truth.epoch_us) == (42, 9, 100000)
-    assert [region.name for region in truth.regions] == ["a", "b"]
-    assert truth.regions[0].pattern is Pattern.ZIPF
-    np.testing.assert_array_equal(truth.reads("a"), [[5, 1], [4, 2]])
-    np.testing.assert_array_equal(truth.writes("b"), [[0], [3]])
-    assert [epoch.late for epoch in truth.epochs] == [False, True]
-
-
-def test_output_reader_reports_epochs_as_they_arrive() -> None:
-    reader = OutputReader()
-    assert reader.feed(json.dumps(REGIONS_LINE)) is None
-    epoch = reader.feed(json.dumps(epoch_line(0, [[1, 2], [3]], [[0, 0], [1]])))
-    assert epoch is not None
-    np.testing.assert_array_equal(epoch.reads[0], [1, 2])
-    truth = reader.result()
-    assert not truth.finished and len(truth.epochs) == 1
-
-
-def test_output_without_epochs_gives_empty_arrays() -> None:
-    truth = parse_output(lines(REGIONS_LINE))
-    assert truth.reads("a").shape == (0, 2)
-    with pytest.raises(KeyError):
-        truth.reads("c")
-
-
-BAD_OUTPUTS = [
-    (["not json"], "line 1: not JSON"),
-    (lines(epoch_line(0, [[0, 0], [0]], [[0, 0], [0]])), "line 1: expected the 'regions' line first"),
-    (lines(REGIONS_LINE, epoch_line(1, [[0, 0], [0]], [[0, 0], [0]])), "line 2: expected epoch 0, got 1"),
-    (lines(REGIONS_LINE, epoch_line(0, [[0], [0]], [[0, 0], [0]])), "line 2: 'reads' of region 'a' must be 2 counts"),
-    (lines(REGIONS_LINE, epoch_line(0, [[0, 0]], [[0, 0], [0]])), "line 2: 'reads' has 1 regions, expected 2"),
-    (lines(REGIONS_LINE, epoch_line(0, [[0, -1], [0]], [[0, 0], [0]])), "'reads' of region 'a' must be 2 counts"),
-    (lines(REGIONS_LINE, epoch_line(0, [[0, 0], [0]], [[0, 0], [0]], late="no")), "'late' must be true or false"),
-    (lines(REGIONS_LINE, {"type": "done", "epochs": 3}), "line 2: 'done' reports 3 epochs, 0 were printed"),
-    (lines(REGIONS_LINE, {"type": "done", "epochs": 0}, {"type": "done", "epochs": 0}), "line 3: output continues"),
-    (lines(REGIONS_LINE, {"type": "surprise"}), "line 2: unexpected line type 'surprise'"),
-    (lines({**REGIONS_LINE, "pid": "x"}), "'pid' must be a whole number"),
-    ([], "printed no 'regions' line"),
-]
-
-
-@pytest.mark.parametrize(("output", "message"), BAD_OUTPUTS)
-def test_bad_output_names_the_line(output: list[str], message: str) -> None:
-    with pytest.raises(MemtouchOutputError, match=message):
-        parse_output(output)

@@ -8,11 +8,12 @@
  * and runs unchanged in the guest.
  *
  *   build: gcc -std=c11 -O2 -static -ffp-contract=off -Wall -Wextra -Werror -o memtouch memtouch.c
- *   run:   memtouch [--check | --linger] [SPEC | -]   (the spec from stdin without an argument or
- *          with "-"; --check only validates it; --linger keeps the regions mapped after the last
- *          epoch until a signal ends the program, so an observer that is behind can still look)
+ *   run:   memtouch [--check | [--linger] [--barrier]] [SPEC | -]   (the spec from stdin without an
+ *          argument or with "-"; --check only validates it; --linger keeps the regions mapped after the
+ *          last epoch until a signal ends the program, so an observer that is behind can still look;
+ *          --barrier holds the program after each epoch line but the last until it gets SIGUSR1)
  *
- * INPUT: written by testbed/workload.py. One statement per line, a keyword and
+ * INPUT: written by testbed/memtouch.py. One statement per line, a keyword and
  * key=value pairs; '#' starts a comment.
  *   memtouch version=1                              first statement
  *   run seed=U64 epoch_us=N slices=N                 before the regions
@@ -26,7 +27,7 @@
  * OUTPUT: one JSON object per line on stdout, flushed line by line.
  *   {"type":"regions","version":1,"pid":P,"seed":S,"epoch_us":N,"slices":N,"page_size":4096,
  *    "regions":[{"name":"a","pattern":"zipf","address":A,"size":B,"chunk":C,"pages":N,"chunks":N},...]}
- *   {"type":"epoch","epoch":E,"phase":P,"start_us":T,"end_us":T,"busy_us":T,"late":false,
+ *   {"type":"epoch","epoch":E,"phase":P,"start_us":T,"end_us":T,"busy_us":T,"wait_us":T,"late":false,
  *    "reads":[[N,...],...],"writes":[[N,...],...]}
  *   {"type":"done","epochs":N,"late_epochs":N}
  * reads and writes hold one list per region (spec order) of counts per chunk
@@ -34,6 +35,9 @@
  * CLOCK_MONOTONIC microseconds; busy_us is the time spent accessing; late
  * means the epoch's accesses took longer than the epoch (none are dropped:
  * the next epoch then starts at once). The setup writes are not counted.
+ * wait_us is how long the program was held at the barrier before the epoch
+ * began: start_us is the previous epoch's end_us plus wait_us (0 for the first
+ * epoch and without --barrier).
  * Errors: one line on stderr; exit 2 for a bad spec, 1 for a failure at run time.
  *
  * ACCESSES: one 8-byte load or store. Whether an access is a store is decided
@@ -49,10 +53,20 @@
  *               stores word 1 of the line it reaches (one counted access per line visited).
  * Each epoch is cut into slices paced in time, so that samplers (DAMON) see
  * the accesses spread over the epoch rather than in a burst at its start.
+ *
+ * BARRIER: with --barrier, after printing each epoch line but the last, the
+ * program waits for one SIGUSR1 (the release) before the next epoch, so an
+ * observer that acts on every epoch (migrates pages) never has its changes
+ * land in the middle of the following one, however slow it is. That epoch is
+ * then paced, and judged late, from the moment of release. SIGUSR1 is blocked
+ * from the start: a release sent before the program reaches the barrier is
+ * kept pending and lets it pass at once (only one can be pending, so send one
+ * per epoch line). SIGTERM and SIGINT end the program while it waits.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -695,9 +709,27 @@ static void print_regions(const struct spec *spec)
 	fflush(stdout);
 }
 
-static void run(struct spec *spec)
+static sigset_t release_signal(void)
 {
-	uint64_t epoch = 0, late_epochs = 0, start = now_us();
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR1);
+	return set;
+}
+
+/* SIGUSR1 is blocked (main), so sigwait takes a release that is already
+ * pending at once; SIGTERM and SIGINT are not, and end the program here too. */
+static void wait_for_release(void)
+{
+	sigset_t set = release_signal();
+	int received, error = sigwait(&set, &received);
+	if (error)
+		die("cannot wait for SIGUSR1: %s", strerror(error));
+}
+
+static void run(struct spec *spec, bool barrier)
+{
+	uint64_t epoch = 0, late_epochs = 0, start = now_us(), waited = 0;
 	for (size_t p = 0; p < spec->phase_count; p++)
 		for (uint64_t e = 0; e < spec->phases[p].epochs; e++, epoch++) {
 			start_epoch(spec, &spec->phases[p], e);
@@ -707,26 +739,52 @@ static void run(struct spec *spec)
 			uint64_t end = late ? timing.finished : deadline;
 			late_epochs += late;
 			printf("{\"type\":\"epoch\",\"epoch\":%" PRIu64 ",\"phase\":%zu,\"start_us\":%" PRIu64
-			       ",\"end_us\":%" PRIu64 ",\"busy_us\":%" PRIu64 ",\"late\":%s",
-			       epoch, p, start, end, timing.busy, late ? "true" : "false");
+			       ",\"end_us\":%" PRIu64 ",\"busy_us\":%" PRIu64 ",\"wait_us\":%" PRIu64 ",\"late\":%s",
+			       epoch, p, start, end, timing.busy, waited, late ? "true" : "false");
 			print_counts(spec, "reads", false);
 			print_counts(spec, "writes", true);
 			printf("}\n");
 			fflush(stdout);
 			start = end;
+			/* Every phase has an epoch, so the last epoch is the last of the last phase. */
+			bool last = p + 1 == spec->phase_count && e + 1 == spec->phases[p].epochs;
+			if (barrier && !last) {
+				wait_for_release();
+				/* The next epoch is paced from its release, not from the old schedule. */
+				start = now_us();
+				waited = start - end;
+			}
 		}
 	printf("{\"type\":\"done\",\"epochs\":%" PRIu64 ",\"late_epochs\":%" PRIu64 "}\n", epoch, late_epochs);
 }
 
 int main(int argc, char **argv)
 {
-	bool check_only = argc > 1 && !strcmp(argv[1], "--check");
-	bool linger = argc > 1 && !strcmp(argv[1], "--linger");
-	int first = check_only || linger ? 2 : 1;
-	if (argc > first + 1 || (argc == first + 1 && argv[first][0] == '-' && argv[first][1])) {
-		fprintf(stderr, "usage: memtouch [--check | --linger] [SPEC | -]\n");
+	bool check_only = false, linger = false, barrier = false;
+	int first = 1;
+	/* Flags in any order, each once; a repeated or unknown one is left for the usage check. */
+	for (; first < argc; first++) {
+		bool *flag = NULL;
+		if (!strcmp(argv[first], "--check"))
+			flag = &check_only;
+		else if (!strcmp(argv[first], "--linger"))
+			flag = &linger;
+		else if (!strcmp(argv[first], "--barrier"))
+			flag = &barrier;
+		if (!flag || *flag)
+			break;
+		*flag = true;
+	}
+	if (argc > first + 1 || (argc == first + 1 && argv[first][0] == '-' && argv[first][1]) ||
+	    (check_only && (linger || barrier))) {
+		fprintf(stderr, "usage: memtouch [--check | [--linger] [--barrier]] [SPEC | -]\n");
 		return 2;
 	}
+	/* Blocked before anything else, so a release that comes early waits to be taken
+	 * instead of killing the program (SIGUSR1's default action). */
+	sigset_t release = release_signal();
+	if (barrier && sigprocmask(SIG_BLOCK, &release, NULL))
+		die("cannot block SIGUSR1: %s", strerror(errno));
 	const char *path = argc == first + 1 ? argv[first] : "-";
 	FILE *input = strcmp(path, "-") ? fopen(path, "r") : stdin;
 	if (!input) {
@@ -739,7 +797,7 @@ int main(int argc, char **argv)
 		return 0;
 	set_up(&spec);
 	print_regions(&spec);
-	run(&spec);
+	run(&spec, barrier);
 	if (fflush(stdout))
 		return 1;
 	while (linger)

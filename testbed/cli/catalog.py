@@ -6,8 +6,10 @@ import argparse
 import shlex
 from pathlib import Path
 
+from testbed.accel import Accelerator
 from testbed.catalog import default_catalog
 from testbed.describe import devices_table, show_system, systems_table
+from testbed.machine import VmBackend
 from testbed.render_libvirt import domain_xml
 from testbed.render_qemu import GuestBoot, VmConfig, VmFiles, qemu_argv
 
@@ -22,8 +24,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     show.set_defaults(handler=show_command)
     render = commands.add_parser("render", help="the QEMU command line or libvirt XML for a machine")
     render.add_argument("system", help="a name from devices/systems/ or a path to a system YAML")
-    render.add_argument("--backend", choices=("qemu", "libvirt"), default="qemu")
-    render.add_argument("--accel", choices=("kvm", "tcg"), default="tcg")
+    render.add_argument("--backend", type=VmBackend, choices=list(VmBackend), default=VmBackend.QEMU)
+    render.add_argument("--accel", type=Accelerator, choices=list(Accelerator), default=Accelerator.TCG)
     render.set_defaults(handler=render_command)
 
 
@@ -47,12 +49,12 @@ def render_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def render(system_name: str, backend: str, accel: str) -> str:
+def render(system_name: str, backend: VmBackend, accel: Accelerator) -> str:
     """A preview with placeholder paths: what `llamas up` runs, one option per line."""
     system = default_catalog().load_system(system_name)
     boot = GuestBoot(PREVIEW_DIR / "vmlinux", PREVIEW_DIR / "initrd.img", "KERNEL_CMDLINE")
     vm = VmConfig(system, accel, VmFiles(PREVIEW_DIR), boot=boot, ssh_port=2222)
-    if backend == "libvirt":
+    if backend == VmBackend.LIBVIRT:
         return domain_xml(vm, f"llamas-{system.name}").rstrip()
     argv = qemu_argv(vm)
     lines = [argv[0]]

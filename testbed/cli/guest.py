@@ -8,9 +8,10 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from testbed.channel.client import GuestClient
+from testbed.channel.errors import GuestError
+from testbed.channel.replies import NodeInfo, ObserveReply
 from testbed.errors import UserError
-from testbed.guest_client import GuestClient, GuestError, NodeInfo
-from testbed.guest_client import Observation as GuestObservation
 from testbed.table import render_table
 from testbed.units import format_size
 from testbed.values import AddressRange, Monitoring
@@ -75,7 +76,7 @@ def migrate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _watch(guest: GuestClient, pid: int, window: float) -> GuestObservation:
+def _watch(guest: GuestClient, pid: int, window: float) -> ObserveReply:
     """DAMON needs a few aggregations to say anything, so watch for a moment before looking."""
     guest.watch(pid, Monitoring())
     guest.observe(pid)  # starts the soft-dirty window
@@ -94,7 +95,7 @@ def _nodes_table(nodes: list[NodeInfo]) -> str:
     return render_table(["node", "size", "free", "cpus", "tier", "HMAT latency r/w", "HMAT bandwidth r/w"], rows)
 
 
-def _process_text(observed: GuestObservation, top: int) -> str:
+def _process_text(observed: ObserveReply, top: int) -> str:
     resident = ", ".join(f"node {node}: {format_size(size)}" for node, size in sorted(observed.resident_bytes.items()))
     lines = [f"pid {observed.pid}: {format_size(sum(observed.resident_bytes.values()))} resident ({resident}); "
              f"CPU {observed.user_s + observed.system_s:.1f} s; affinity {list(observed.affinity)}"]

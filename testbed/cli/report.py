@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from testbed.report import result_table, summarize
+from testbed.report import result_table, write_results
+from testbed.rundir import PLOTS_DIR, REPORT_FILE, SUMMARY_FILE
 from testbed.score import ORACLE
 
 
@@ -18,11 +19,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def report_command(args: argparse.Namespace) -> int:
-    summary = summarize(args.run_dir, with_plots=not args.no_plots)
+    summary = write_results(args.run_dir, with_plots=not args.no_plots)
     print(result_table(summary))
     oracle = summary.policies[ORACLE]
     if "solve_seconds" in oracle.usage:
         print(f"\noracle: {oracle.usage['solve_seconds']:.2f} s to solve")
-    print(f"\nwritten: {args.run_dir / 'summary.json'}, {args.run_dir / 'report.md'}"
-          + ("" if args.no_plots else f", {args.run_dir / 'plots'}/"))
+    print(f"\nwritten: {args.run_dir / SUMMARY_FILE}, {args.run_dir / REPORT_FILE}"
+          + ("" if args.no_plots else f", {args.run_dir / PLOTS_DIR}/"))
     return 0

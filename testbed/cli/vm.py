@@ -6,8 +6,10 @@ import argparse
 import os
 import time
 
+from testbed.accel import Accelerator
 from testbed.errors import UserError
 from testbed.image import build_image, current_image, image_key, images_dir
+from testbed.machine import VmBackend
 from testbed.table import render_table
 from testbed.verify import verify_vm
 from testbed.vms import all_vms, load_vm, running_vm, up
@@ -24,8 +26,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     start = commands.add_parser("up", help="start a VM for a system and bring its devices up")
     start.add_argument("system", help="a name from devices/systems/ or a path to a system YAML")
     start.add_argument("--name", help="VM name (default: the system's name, made unique)")
-    start.add_argument("--backend", choices=("qemu", "libvirt"), default="qemu")
-    start.add_argument("--accel", choices=("kvm", "tcg"), help="default: KVM where it works, else TCG")
+    start.add_argument("--backend", type=VmBackend, choices=list(VmBackend), default=VmBackend.QEMU)
+    start.add_argument("--accel", type=Accelerator, choices=list(Accelerator),
+                       help="default: KVM where it works, else TCG")
     start.add_argument("--cold", action="store_true", help="boot from scratch; do not use or save a warm state")
     start.set_defaults(handler=up_command)
 

@@ -19,7 +19,7 @@ from testbed.orchestrator import run_policy
 from testbed.runner import run_experiment
 from testbed.timeline import read_timeline
 from testbed.values import Action, Observation
-from testbed.vms import all_vms
+from testbed.vms import all_vms, booter
 from testbed.workload import parse_workload
 
 SHORT = {"name": "short", "description": "a few quick intervals", "epoch": "500ms",
@@ -76,7 +76,8 @@ def test_a_failing_run_keeps_its_record_and_leaves_no_vm(guest_image: Image, tmp
                                                          reason: str, recorded: list[int]) -> None:
     experiment = load_experiment("smoke")
     experiment = replace(experiment, workload=parse_workload(SHORT, Path("short.yaml")))
-    end = run_policy(experiment, Failing(fail), 1, tmp_path / fail, print)
+    boot = booter(experiment.system, experiment.catalog)
+    end = run_policy(experiment, Failing(fail), 1, tmp_path / fail, print, boot)
     assert end.status == "failed"
     assert reason in (end.reason or "")
     timeline = read_timeline(tmp_path / fail / "timeline.jsonl")
@@ -84,4 +85,4 @@ def test_a_failing_run_keeps_its_record_and_leaves_no_vm(guest_image: Image, tmp
     assert timeline.end.status == "failed"
     assert not [vm for vm in all_vms() if vm.name.endswith("-failing-r1")]
     # ... and the next policy of the experiment runs as usual.
-    assert run_policy(experiment, FirstTouch(), 1, tmp_path / "next", print).status == "ok"
+    assert run_policy(experiment, FirstTouch(), 1, tmp_path / "next", print, boot).status == "ok"

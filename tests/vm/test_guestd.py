@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from policies.damos import Damos
-from testbed.guest_client import DamonRegion, GuestClient, ResidencyQuery
-from testbed.guest_client import Observation as GuestObservation
+from testbed.channel.client import GuestClient
+from testbed.channel.replies import DamonRegion, ObserveReply, ResidencyQuery
+from testbed.memtouch import RegionLayout, memtouch_input, parse_output
 from testbed.values import AddressRange, MemoryPolicy, MemoryPolicyKind, NodeView, PolicyContext
 from testbed.vms import Vm
-from testbed.workload import RegionLayout, memtouch_input, parse_output, parse_workload
+from testbed.workload import parse_workload
 
 MEMTOUCH = "/opt/llamas/bin/memtouch"
 MIB = 1 << 20
@@ -64,8 +65,8 @@ def numa_maps_bytes(vm: Vm, pid: int, buffer: RegionLayout) -> dict[int, int]:
     return per_node
 
 
-def observe_when_damon_has_data(guest: GuestClient, pid: int, until: Callable[[GuestObservation], bool] | None = None,
-                                **options: Any) -> GuestObservation:
+def observe_when_damon_has_data(guest: GuestClient, pid: int, until: Callable[[ObserveReply], bool] | None = None,
+                                **options: Any) -> ObserveReply:
     """An observation once DAMON has aggregated a few times after the watch (it adapts its regions), and
     ``until`` holds of it."""
     deadline = time.monotonic() + 60
@@ -129,7 +130,7 @@ def test_region_nodes_match_numa_maps(booted: Callable[[str], Vm]) -> None:
         guest.migrate(pid, CXL, half, ranges=[AddressRange(buffer.address, half)], timeout=120)
         guest.watch(pid)
 
-        def inside(observation: GuestObservation) -> list[DamonRegion]:
+        def inside(observation: ObserveReply) -> list[DamonRegion]:
             regions = observation.damon.regions if observation.damon else ()
             return [region for region in regions
                     if buffer.address <= region.start and region.end <= buffer.address + buffer.size]

@@ -18,6 +18,7 @@ from testbed.image import Image
 from testbed.llm_server import running_server
 from testbed.orchestrator import run_policy
 from testbed.timeline import read_timeline
+from testbed.vms import booter
 from testbed.workload import load_workload, workload_path
 
 pytestmark = pytest.mark.llm
@@ -34,8 +35,9 @@ def test_a_llamas_run_replays_from_its_transcript(guest_image: Image, qwen: str,
     short = replace(workload, phases=(replace(workload.phases[0], epochs=6),))
     experiment = replace(load_experiment("demo"), workload=short)
 
+    boot = booter(experiment.system, experiment.catalog)
     live = LlamasPolicy(cache=ProfileCache(tmp_path / "profiles-live"))
-    assert run_policy(experiment, live, 1, tmp_path / "live", print).status == "ok"
+    assert run_policy(experiment, live, 1, tmp_path / "live", print, boot).status == "ok"
     transcript = tmp_path / "live" / TRANSCRIPT_NAME
     calls = [json.loads(line) for line in transcript.read_text().splitlines()]
     assert len(calls) >= 2 and all(call["response"] for call in calls)  # one reading per distinct device
@@ -45,7 +47,7 @@ def test_a_llamas_run_replays_from_its_transcript(guest_image: Image, qwen: str,
         return replay_client(transcript, transcript_dir=run_dir)
 
     replayed = LlamasPolicy(connect_llm=from_transcript, cache=ProfileCache(tmp_path / "profiles-replay"))
-    assert run_policy(experiment, replayed, 1, tmp_path / "replay", print).status == "ok"
+    assert run_policy(experiment, replayed, 1, tmp_path / "replay", print, boot).status == "ok"
     assert replayed.readings == live.readings  # the same profiles, bit for bit, with no LLM
     again = [json.loads(line) for line in (tmp_path / "replay" / TRANSCRIPT_NAME).read_text().splitlines()]
     assert [call["response"] for call in again] == [call["response"] for call in calls]

@@ -1,0 +1,287 @@
+"""The run directory of an experiment: every file in it is written and read here.
+
+::
+
+    manifest.json                  versions and the resolved experiment. Read back: experiment.name,
+                                   .system, .workload (a name or a spec with a name), .interval_s,
+                                   .policies (names or {"name": ...}), .migration.throughput (bytes/s,
+                                   or a string like "2GB/s"; null: use .migration.measured) and the
+                                   rest of .migration (how it was chosen). Scalar fields outside the
+                                   experiment (versions, accelerator) are listed in the report as
+                                   they are.
+    catalog/                       the device YAMLs and systems/<system>.yaml of the run
+    runs/<policy>[-r<N>]/timeline.jsonl     one per policy run (testbed.timeline)
+    summary.json, report.md, plots/         computed from the files above alone (testbed.report)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from testbed.accel import choose_accel
+from testbed.catalog import REPO_ROOT, Catalog, system_yaml
+from testbed.errors import ConfigError, UserError
+from testbed.model import System
+from testbed.proc import run
+from testbed.score import Array, RunData, access_costs, run_data
+from testbed.timeline import Timeline, read_timeline
+from testbed.units import UnitError, parse_bandwidth
+
+if TYPE_CHECKING:  # only the writers take an experiment; reading a run directory must not load the policies
+    from testbed.experiment import Experiment
+
+MANIFEST_FILE = "manifest.json"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+RUN_NAME = re.compile(r"^(?P<policy>.+?)(?:-r(?P<repeat>\d+))?$")
+
+
+class RunDirError(UserError):
+    """A run directory that lacks what a report needs."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the report reads from manifest.json."""
+
+    experiment: str
+    system: str
+    workload: str | None
+    interval_s: float | None
+    policies: tuple[str, ...]
+    migration_throughput: float
+    migration_notes: tuple[tuple[str, str], ...]  # the rest of experiment.migration: how it was chosen
+    facts: tuple[tuple[str, str], ...]  # scalar fields outside the experiment: versions, hashes, accelerator
+
+
+@dataclass(frozen=True)
+class Record:
+    """A run's timeline and its arrays."""
+
+    timeline: Timeline
+    data: RunData
+    costs: Array  # [k, c, n] seconds (testbed.score.access_costs)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory as read: its record, or why there is none."""
+
+    path: str  # relative to the run directory
+    policy: str
+    repeat: int
+    record: Record | None
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.record is not None and self.record.timeline.end.status == "ok" else "failed"
+
+    @property
+    def epochs(self) -> int:
+        return self.record.data.epochs if self.record is not None else 0
+
+
+# ---- written before the runs ----
+
+
+def copy_catalog(experiment: Experiment, run_dir: Path) -> None:
+    """The devices and the system, so the report can be recomputed from the run directory alone."""
+    target = run_dir / "catalog"
+    (target / "systems").mkdir(parents=True, exist_ok=True)
+    for node in experiment.system.nodes:
+        if node.device.source:
+            shutil.copy2(node.device.source, target / f"{node.device.name}.yaml")
+    (target / "systems" / f"{experiment.system.name}.yaml").write_text(system_yaml(experiment.system))
+
+
+def write_manifest(experiment: Experiment, run_dir: Path, image_key: str, kernel: str) -> None:
+    accel = choose_accel()
+    manifest: dict[str, Any] = {
+        "format": 1,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "project": {"version": version("llamas-testbed"), "git": _git_revision()},
+        "image": {"key": image_key, "kernel": kernel},
+        "qemu": run(["qemu-system-x86_64", "--version"]).splitlines()[0],
+        "accelerator": {"name": accel.name, "reason": accel.reason},
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                 "load_average": os.getloadavg()[0]},
+        "llm": {"setting": os.environ.get("LLAMAS_LLM", "local")},
+        "experiment": _resolved(experiment),
+    }
+    (run_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _resolved(experiment: Experiment) -> dict[str, Any]:
+    workload = experiment.workload
+    return {
+        "name": experiment.name,
+        "description": experiment.description,
+        "source": str(experiment.source),
+        "system": experiment.system.name,
+        "policies": list(experiment.policies),
+        "repeats": experiment.repeats,
+        "interval_s": experiment.interval_s,
+        "migration_budget": experiment.migration_budget,
+        "decision_deadline_s": experiment.decision_deadline_s,
+        "migration": {"throughput": experiment.migration_throughput,
+                      "chosen": "measured in the guest" if experiment.migration_throughput is None else "model"},
+        "hints": experiment.hints,
+        "damon": asdict(experiment.damon),
+        "workload": {"name": workload.name, "description": workload.description, "seed": workload.seed,
+                     "epochs": workload.epochs, "footprint": workload.footprint,
+                     "regions": [{"name": r.name, "size": r.size, "pattern": str(r.pattern)} for r in workload.regions],
+                     "phases": [{"name": p.name, "epochs": p.epochs} for p in workload.phases]},
+    }
+
+
+def _git_revision() -> str:
+    try:
+        revision = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return revision
+
+
+def run_path(run_dir: Path, policy: str, repeat: int, repeats: int) -> Path:
+    """Where a policy run writes its timeline: ``runs/<policy>``, or ``runs/<policy>-r<N>`` when repeated."""
+    return run_dir / "runs" / (policy if repeats == 1 else f"{policy}-r{repeat}")
+
+
+# ---- written after the runs ----
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def write_report(run_dir: Path, markdown: str) -> None:
+    (run_dir / REPORT_FILE).write_text(markdown)
+
+
+# ---- read back ----
+
+
+def read_manifest(run_dir: Path) -> Manifest:
+    path = run_dir / MANIFEST_FILE
+    if not path.exists():
+        raise RunDirError(f"{path}: missing (is {path.parent} a run directory?)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(path, "", f"not JSON: {error}") from None
+    experiment = data.get("experiment") if isinstance(data, dict) else None
+    if not isinstance(experiment, dict):
+        raise ConfigError(path, "experiment", "missing (an object describing the experiment)")
+    migration = experiment.get("migration")
+    if not isinstance(migration, dict) or "throughput" not in migration:
+        raise ConfigError(path, "experiment.migration.throughput", "missing (bytes per second)")
+    throughput = migration["throughput"] if migration["throughput"] is not None else migration.get("measured")
+    if throughput is None:
+        raise ConfigError(path, "experiment.migration", "the throughput is to be measured in the guest, but no "
+                          "'measured' value (bytes per second) is recorded")
+    return Manifest(
+        experiment=_text(path, experiment, "name"),
+        system=_text(path, experiment, "system"),
+        workload=_name_of(experiment.get("workload")),
+        interval_s=_number_or_none(experiment.get("interval_s")),
+        policies=tuple(name for name in map(_name_of, experiment.get("policies") or ()) if name),
+        migration_throughput=_throughput(path, throughput),
+        migration_notes=tuple((key, str(value)) for key, value in migration.items() if key != "throughput"),
+        facts=tuple(_facts({key: value for key, value in data.items() if key != "experiment"})),
+    )
+
+
+def load_system(run_dir: Path, name: str) -> System:
+    path = run_dir / "catalog" / "systems" / f"{name}.yaml"
+    if not path.exists():
+        raise RunDirError(f"{path}: missing (a run directory keeps a copy of the system and device files it used)")
+    return Catalog(run_dir / "catalog").load_system(name)
+
+
+def read_runs(run_dir: Path, system: System) -> list[Run]:
+    """Every run under ``runs/``, in name order."""
+    runs = run_dir / "runs"
+    paths = sorted(path for path in runs.iterdir() if path.is_dir()) if runs.is_dir() else []
+    return [_read_run(run_dir, path, system) for path in paths]
+
+
+def _read_run(run_dir: Path, path: Path, system: System) -> Run:
+    """A run, or what is known of it: a record that cannot be read makes a failed run with the reason."""
+    match = RUN_NAME.match(path.name)
+    policy, repeat = (match["policy"], int(match["repeat"] or 0)) if match else (path.name, 0)
+    relative = path.relative_to(run_dir).as_posix()
+    name = f"{relative}/timeline.jsonl"  # reasons name files relative to the run directory
+    if not (path / "timeline.jsonl").exists():
+        return Run(relative, policy, repeat, None, f"{name}: missing")
+    try:
+        timeline = read_timeline(path / "timeline.jsonl")
+        data = run_data(timeline, len(system.nodes))
+    except (ValueError, TypeError, KeyError) as error:  # TimelineError, JSON and field errors alike
+        problem = _describe(error).replace(f"{run_dir}/", "")
+        return Run(relative, policy, repeat, None, problem if problem.startswith(name) else f"{name}: {problem}")
+    record = Record(timeline, data, access_costs(data, system))
+    return Run(relative, timeline.start.policy, timeline.start.repeat, record)
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, KeyError):
+        return f"a record lacks the field {error}"
+    if isinstance(error, TypeError):
+        return f"a record does not have the expected fields ({error})"
+    return str(error)
+
+
+# ---- manifest fields ----
+
+
+def _text(path: Path, experiment: dict[str, Any], key: str) -> str:
+    value = experiment.get(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, f"experiment.{key}", f"expected a name, got {value!r}")
+    return value
+
+
+def _name_of(value: object) -> str | None:
+    """A name given as a string or as an object with a name."""
+    if isinstance(value, dict):
+        value = value.get("name")
+    return value if isinstance(value, str) else None
+
+
+def _number_or_none(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _throughput(path: Path, value: object) -> float:
+    try:
+        number = _number_or_none(value)
+        throughput = number if number is not None else parse_bandwidth(value)
+    except UnitError as error:
+        raise ConfigError(path, "experiment.migration.throughput", str(error)) from None
+    if throughput <= 0:
+        raise ConfigError(path, "experiment.migration.throughput", f"must be above zero, got {value!r}")
+    return throughput
+
+
+def _facts(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Scalar fields, nested objects flattened to dotted keys; lists are left out."""
+    facts = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            facts += _facts(value, f"{prefix}{key}.")
+        elif isinstance(value, (str, int, float, bool)) or value is None:
+            facts.append((f"{prefix}{key}", "-" if value is None else str(value)))
+    return facts

@@ -1,0 +1,142 @@
+"""The whole loop of one policy run against a fake VM: the real workload, a fake guest, the real timeline."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from fake_guest import FakeGuest, FakeNode, FakeVm
+
+from policies.base import Policy
+from testbed.experiment import Experiment, load_experiment
+from testbed.memtouch import build_memtouch, memtouch_input, parse_output
+from testbed.orchestrator import run_policy
+from testbed.timeline import RunStatus, read_timeline
+from testbed.values import Action, Migrate, Observation, PolicyContext, Setup, TieringSettings
+
+MiB = 2**20
+EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def memtouch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_memtouch(tmp_path_factory.mktemp("memtouch"))
+
+
+@pytest.fixture
+def experiment(tmp_path: Path) -> Experiment:
+    spec = {"name": "loop", "description": "the loop on a fake guest", "system": "dram-cxl",
+            "policies": ["first-touch"], "migration_budget": "8MiB",
+            "workload": {"name": "two", "description": "two buffers", "seed": 3, "epoch": "100ms",
+                         "regions": [{"name": "hot", "size": "4MiB", "pattern": "uniform", "accesses": 2000,
+                                      "write_fraction": 0.5},
+                                     {"name": "cold", "size": "8MiB", "pattern": "uniform", "accesses": 100}],
+                         "phases": [{"epochs": EPOCHS}]}}
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return load_experiment(str(path))
+
+
+def fake_vm(memtouch: Path) -> FakeVm:
+    return FakeVm(FakeGuest(memtouch, (FakeNode(0, 1024 * MiB, 900 * MiB, (0, 1)), FakeNode(1, 2048 * MiB,
+                                                                                          2000 * MiB))))
+
+
+class Scripted(Policy):
+    """In the first interval: the cold buffer to node 1, one move to a node that does not exist, and one
+    beyond the interval's budget."""
+
+    name = "scripted"
+
+    def setup(self, context: PolicyContext) -> Setup:
+        self.budget = context.migration_budget
+        return Setup(tiering=TieringSettings(numa_balancing=0, demotion_enabled=None))
+
+    def decide(self, observation: Observation) -> list[Action]:
+        if observation.epoch != 0:
+            return []
+        hot, cold = observation.regions
+        return [Migrate(cold.start, cold.end, 1, "cold out"), Migrate(hot.start, hot.end, 7, "nowhere"),
+                Migrate(hot.start, hot.end, 1, "over budget")]
+
+
+def test_the_loop_records_ground_truth_residency_and_decisions(memtouch: Path, experiment: Experiment,
+                                                               tmp_path: Path) -> None:
+    vm = fake_vm(memtouch)
+    names: list[str] = []
+
+    def boot(name: str) -> FakeVm:
+        names.append(name)
+        return vm
+
+    end = run_policy(experiment, Scripted(), 1, tmp_path / "run", lambda line: None, boot)
+    assert (end.status, end.epochs) == (RunStatus.OK, EPOCHS)
+    assert names == ["loop-scripted-r1"] and vm.downs == 1
+    assert "tiering TieringSettings(numa_balancing=0, demotion_enabled=None)" in vm.guest_daemon.calls
+    assert "run cpus=[0, 1]" in vm.guest_daemon.calls  # the workload runs on node 0's CPUs
+
+    timeline = read_timeline(tmp_path / "run" / "timeline.jsonl")
+    # Ground truth is what memtouch reports for the same input, run on its own.
+    alone = subprocess.run([str(memtouch), "-"], input=memtouch_input(experiment.workload), capture_output=True,
+                           text=True, check=True)
+    truth = parse_output(alone.stdout.splitlines())
+    assert [record.reads for record in timeline.epochs] == [
+        tuple(tuple(int(v) for v in counts) for counts in epoch.reads) for epoch in truth.epochs]
+    assert [region.name for region in timeline.start.regions] == ["hot", "cold"]
+    assert timeline.start.nodes[0].workload_bytes == 12 * MiB
+
+    first, second = timeline.epochs[0], timeline.epochs[1]
+    assert first.decision is not None
+    [applied] = first.decision.actions
+    assert (applied.action.why, applied.outcome.moved_bytes) == ("cold out", 8 * MiB)
+    reasons = {rejected.action.why: rejected.reason for rejected in first.decision.rejected}
+    assert reasons["nowhere"].startswith("node 7 is not a node with memory")
+    assert reasons["over budget"].startswith("over budget")
+    # The move made after interval 0 shows in interval 1: the kernel's count and where the pages are.
+    assert second.migrated_bytes == 8 * MiB
+    hot_chunks, cold_chunks = first.residency
+    assert all(set(chunk) == {0} for chunk in (*hot_chunks, *cold_chunks))
+    hot_chunks, cold_chunks = second.residency
+    assert all(set(chunk) == {0} for chunk in hot_chunks) and all(set(chunk) == {1} for chunk in cold_chunks)
+
+
+class Raising(Policy):
+    name = "raising"
+
+    def decide(self, observation: Observation) -> list[Action]:
+        if observation.epoch == 1:
+            raise RuntimeError("the policy's own bug")
+        return []
+
+
+class KillingTheVm(Policy):
+    name = "killer"
+
+    def __init__(self, vm: FakeVm) -> None:
+        self.vm = vm
+
+    def decide(self, observation: Observation) -> list[Action]:
+        if observation.epoch == 1:
+            self.vm.guest_daemon.alive = False
+        return []
+
+
+@pytest.mark.parametrize(("kind", "reason", "recorded"), [
+    ("raise", "RuntimeError: the policy's own bug", [0]),
+    ("kill-vm", "the VM stopped", [0, 1]),
+])
+def test_a_failing_run_keeps_its_record_and_takes_its_vm_down(memtouch: Path, experiment: Experiment,
+                                                               tmp_path: Path, kind: str, reason: str,
+                                                               recorded: list[int]) -> None:
+    vm = fake_vm(memtouch)
+    policy: Policy = Raising() if kind == "raise" else KillingTheVm(vm)
+    end = run_policy(experiment, policy, 1, tmp_path / kind, lambda line: None, lambda name: vm)
+    assert end.status == RunStatus.FAILED
+    assert reason in (end.reason or "")
+    timeline = read_timeline(tmp_path / kind / "timeline.jsonl")
+    assert [epoch.epoch for epoch in timeline.epochs] == recorded
+    assert timeline.end.status == RunStatus.FAILED
+    assert vm.downs == 1
+    assert all(run.exit is not None for run in vm.guest_daemon.runs)  # the workload did not outlive the run
