@@ -28,11 +28,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from testbed.accel import choose_accel
 from testbed.catalog import REPO_ROOT, Catalog, system_yaml
 from testbed.errors import ConfigError, UserError
 from testbed.model import System
 from testbed.proc import run
+from testbed.render_qemu import QEMU_BINARY
 from testbed.score import Array, RunData, access_costs, run_data
 from testbed.timeline import Timeline, read_timeline
 from testbed.units import UnitError, parse_bandwidth
@@ -107,20 +107,34 @@ def copy_catalog(experiment: Experiment, run_dir: Path) -> None:
 
 
 def write_manifest(experiment: Experiment, run_dir: Path, image_key: str, kernel: str) -> None:
-    accel = choose_accel()
+    """The manifest as a run starts; the accelerator is filled in by the first VM (record_accelerator)."""
     manifest: dict[str, Any] = {
         "format": 1,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "project": {"version": version("llamas-testbed"), "git": _git_revision()},
         "image": {"key": image_key, "kernel": kernel},
-        "qemu": run(["qemu-system-x86_64", "--version"]).splitlines()[0],
-        "accelerator": {"name": accel.name, "reason": accel.reason},
+        "qemu": run([QEMU_BINARY, "--version"]).splitlines()[0],
+        "accelerator": {"name": "none yet", "reason": "no VM has been booted"},
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
                  "load_average": os.getloadavg()[0]},
         "llm": {"setting": os.environ.get("LLAMAS_LLM", "local")},
         "experiment": _resolved(experiment),
     }
     (run_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def record_accelerator(run_dir: Path, name: str, reason: str) -> None:
+    """The accelerator the run's VMs actually used (the first VM's; a later one that differs is noted)."""
+    path = run_dir / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    recorded = manifest["accelerator"]
+    if recorded["name"] == "none yet":
+        manifest["accelerator"] = {"name": name, "reason": reason}
+    elif recorded["name"] != name and "differ" not in recorded["reason"]:
+        recorded["reason"] += f"; runs differ: a later VM used {name} ({reason})"
+    else:
+        return
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _resolved(experiment: Experiment) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from testbed.experiment import Experiment
 from testbed.image import build_image
 from testbed.orchestrator import run_policy
 from testbed.report import result_table, write_results
-from testbed.rundir import copy_catalog, run_path, write_manifest
+from testbed.rundir import copy_catalog, record_accelerator, run_path, write_manifest
 from testbed.summary import Summary
-from testbed.vms import booter
+from testbed.vms import Vm, booter
 
 Progress = Callable[[str], None]
 RUNS_DIR = REPO_ROOT / "runs"
@@ -36,7 +36,12 @@ def run_experiment(experiment: Experiment, run_dir: Path, progress: Progress = p
     image = build_image(log=progress)
     copy_catalog(experiment, run_dir)
     write_manifest(experiment, run_dir, image.key, image.manifest()["kernel"])
-    boot = booter(experiment.system, experiment.catalog, image, progress)
+    boot_vm = booter(experiment.system, experiment.catalog, image, progress)
+
+    def boot(name: str) -> Vm:
+        vm = boot_vm(name)
+        record_accelerator(run_dir, vm.record.accel, vm.record.accel_reason)
+        return vm
     summary: Summary | None = None  # of the run directory as it is now; None once a run has changed it
     try:
         for repeat in range(experiment.repeats):

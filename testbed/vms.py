@@ -30,7 +30,7 @@ from testbed.machine import Machine, VmBackend, make_machine
 from testbed.model import Emulation, System
 from testbed.paths import cache_dir, state_dir
 from testbed.proc import run
-from testbed.render_qemu import GuestBoot, VmConfig, VmFiles, machine_args
+from testbed.render_qemu import QEMU_BINARY, GuestBoot, VmConfig, VmFiles, machine_args
 from testbed.ssh import GuestShell, known_hosts_line
 
 # Kernel arguments measured to shorten a TCG boot (each saves boot time under TCG); panic=-1 with
@@ -302,7 +302,7 @@ def snapshot_key(vm: Vm) -> str:
     identity = {"image": vm.image.key, "backend": vm.record.backend, "accel": vm.record.accel,
                 "domain": vm.name if vm.record.backend == VmBackend.LIBVIRT else None,
                 "machine": machine_args(vm.system, vm.record.accel, placeholder), "cmdline": vm.record.cmdline,
-                "bringup": bringup_script(vm.system), "qemu": run(["qemu-system-x86_64", "--version"]).splitlines()[0]}
+                "bringup": bringup_script(vm.system), "qemu": run([QEMU_BINARY, "--version"]).splitlines()[0]}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
