@@ -23,6 +23,7 @@ from testbed.model import System
 from testbed.rundir import Run
 from testbed.score import ORACLE, Array, Oracle, RunData, placed_shares
 from testbed.summary import Reference, Summary
+from testbed.timeline import RunStatus
 from testbed.values import PolicyKind
 
 DPI = 100
@@ -79,7 +80,7 @@ def _modeled_time(summary: Summary) -> Figure:
     positions = np.arange(len(rows))
     access = np.array([policy.metrics.access_time_s or 0.0 for _, policy in rows])
     migration = np.array([policy.metrics.migration_time_s or 0.0 for _, policy in rows])
-    hatches = ["//" if policy.status != "ok" else "" for _, policy in rows]
+    hatches = ["//" if policy.status != RunStatus.OK else "" for _, policy in rows]
     axes.bar(positions, access, label="access", color="tab:blue", hatch=hatches)
     axes.bar(positions, migration, bottom=access, label="migration", color="tab:orange", hatch=hatches)
     spread = np.array([policy.spread.get("modeled_time_s", (total, total))
@@ -92,7 +93,7 @@ def _modeled_time(summary: Summary) -> Figure:
     for label, value, style in bounds:
         if value is not None:
             axes.axhline(value, color="black", linestyle=style, label=label)
-    axes.set_xticks(positions, [name + (" (failed)" if policy.status != "ok" else "") for name, policy in rows],
+    axes.set_xticks(positions, [name + (" (failed)" if policy.status != RunStatus.OK else "") for name, policy in rows],
                     rotation=20, ha="right")
     axes.set_ylabel("modeled memory time (s)")
     axes.set_title(f"{summary.experiment} on {summary.system}")

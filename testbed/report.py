@@ -24,6 +24,7 @@ from testbed.summary import (
     summarize,
 )
 from testbed.table import markdown_table, render_table
+from testbed.timeline import RunStatus
 from testbed.units import format_bandwidth
 from testbed.values import PolicyKind
 
@@ -82,7 +83,7 @@ def _headline(summary: Summary) -> list[str]:
     if first_touch is not None:
         entries.append((REFERENCE_POLICY, first_touch.metrics.modeled_time_s))
     baselines = [(value, name) for name, policy in summary.policies.items()
-                 if policy.kind == PolicyKind.BASELINE and policy.status == "ok"
+                 if policy.kind == PolicyKind.BASELINE and policy.status == RunStatus.OK
                  and (value := policy.metrics.modeled_time_s) is not None]
     if baselines:
         value, name = min(baselines)
@@ -94,7 +95,7 @@ def _headline(summary: Summary) -> list[str]:
 def _row(name: str, policy: PolicySummary, terminal: bool) -> list[object]:
     metrics = policy.metrics
     label = f"{name} (upper bound)" if policy.kind == PolicyKind.BOUND else name
-    failed = sum(run.status != "ok" for run in policy.repeats)
+    failed = sum(run.status != RunStatus.OK for run in policy.repeats)
     status = ("failed (partial)" if policy.partial else
               f"{failed} of {len(policy.repeats)} failed" if failed else policy.status)
     times = [_with_spread(metrics.modeled_time_s, policy.spread.get("modeled_time_s")),

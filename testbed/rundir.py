@@ -34,7 +34,7 @@ from testbed.model import System
 from testbed.proc import run
 from testbed.render_qemu import QEMU_BINARY
 from testbed.score import Array, RunData, access_costs, run_data
-from testbed.timeline import Timeline, read_timeline
+from testbed.timeline import RunStatus, Timeline, read_timeline
 from testbed.units import UnitError, parse_bandwidth
 
 if TYPE_CHECKING:  # only the writers take an experiment; reading a run directory must not load the policies
@@ -85,8 +85,9 @@ class Run:
     error: str | None = None
 
     @property
-    def status(self) -> str:
-        return "ok" if self.record is not None and self.record.timeline.end.status == "ok" else "failed"
+    def status(self) -> RunStatus:
+        ok = self.record is not None and self.record.timeline.end.status == RunStatus.OK
+        return RunStatus.OK if ok else RunStatus.FAILED
 
     @property
     def epochs(self) -> int:

@@ -20,6 +20,7 @@ from testbed.orchestrator import run_policy
 from testbed.report import result_table, write_results
 from testbed.rundir import copy_catalog, record_accelerator, run_path, write_manifest
 from testbed.summary import Summary
+from testbed.timeline import RunStatus
 from testbed.vms import Vm, booter
 
 Progress = Callable[[str], None]
@@ -53,7 +54,7 @@ def run_experiment(experiment: Experiment, run_dir: Path, progress: Progress = p
                                          else ""))
                 summary = None
                 end = run_policy(experiment, make_policy(name), repeat + 1, out, progress, boot)
-                if end.status != "ok":
+                if end.status != RunStatus.OK:
                     progress(f"{name}: failed: {end.reason}")
                 summary = write_results(run_dir)
     finally:

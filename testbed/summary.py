@@ -55,6 +55,7 @@ from testbed.score import (
     placed_shares,
     score,
 )
+from testbed.timeline import RunStatus
 from testbed.units import format_bandwidth
 from testbed.values import PolicyKind
 
@@ -92,7 +93,7 @@ class RunResult:
     policy: str
     kind: str | None
     repeat: int
-    status: str
+    status: RunStatus
     reason: str | None
     metrics: Metrics
     usage: dict[str, float]
@@ -106,7 +107,7 @@ class RunResult:
 class PolicySummary:
     name: str
     kind: str | None
-    status: str
+    status: RunStatus
     reason: str | None
     partial: bool
     metrics: Metrics  # the mean over the runs counted
@@ -157,7 +158,7 @@ class Reference:
 def choose_reference(runs: list[Run], order: tuple[str, ...]) -> Reference | None:
     """First touch if it finished, else the first finished run in the experiment's order, else the longest."""
     def rank(run: Run) -> tuple[bool, bool, int, int, str, int]:
-        finished = run.status == "ok"
+        finished = run.status == RunStatus.OK
         position = order.index(run.policy) if run.policy in order else len(order)
         return (not finished, run.policy != REFERENCE_POLICY, 0 if finished else -run.epochs, position,
                 run.policy, run.repeat)
@@ -202,7 +203,7 @@ def summarize(manifest: Manifest, system: System, runs: list[Run], reference: Re
 
 def _result(run: Run, throughput: float, oracle_s: float | None, oracle_epochs: int) -> RunResult:
     if run.record is None:
-        return RunResult(run.path, run.policy, None, run.repeat, "failed", run.error, Metrics(), {})
+        return RunResult(run.path, run.policy, None, run.repeat, RunStatus.FAILED, run.error, Metrics(), {})
     timeline = run.record.timeline
     measured = score(run.record.data, run.record.costs, throughput)
     decisions = [record.decision for record in timeline.epochs if record.decision is not None]
@@ -216,23 +217,24 @@ def _result(run: Run, throughput: float, oracle_s: float | None, oracle_epochs: 
         ratio_to_lower_bound=_ratio(measured.modeled_time_s, measured.lower_bound_s),
         ratio_to_oracle=_ratio(measured.modeled_time_s, oracle_s) if measured.epochs == oracle_epochs else None,
         unsampled_chunks=len(measured.unsampled))
-    reason = None if run.status == "ok" else timeline.end.reason or "failed"
+    reason = None if run.status == RunStatus.OK else timeline.end.reason or "failed"
     return RunResult(run.path, run.policy, timeline.start.kind, run.repeat, run.status, reason, metrics,
                      dict(timeline.end.usage))
 
 
 def _policy(name: str, results: list[RunResult]) -> PolicySummary:
     if not results:
-        return PolicySummary(name, None, "failed", f"no run directory runs/{name}", False, Metrics(), {}, {}, ())
+        return PolicySummary(name, None, RunStatus.FAILED, f"no run directory runs/{name}", False, Metrics(), {}, {},
+                             ())
     results = sorted(results, key=lambda result: result.repeat)
-    failed = [result for result in results if result.status != "ok"]
+    failed = [result for result in results if result.status != RunStatus.OK]
     counted = [result for result in results if result.status == "ok"] or results
     values = {f.name: [value for result in counted if (value := getattr(result.metrics, f.name)) is not None]
               for f in fields(Metrics)}
     usage_keys = sorted({key for result in counted for key in result.usage})
     return PolicySummary(
         name=name, kind=next((result.kind for result in results if result.kind), None),
-        status="failed" if failed else "ok",
+        status=RunStatus.FAILED if failed else RunStatus.OK,
         reason="; ".join(f"{result.run}: {result.reason}" for result in failed) or None,
         partial=len(failed) == len(results),
         metrics=Metrics(**{key: float(np.mean(found)) if found else None for key, found in values.items()}),
@@ -243,7 +245,7 @@ def _policy(name: str, results: list[RunResult]) -> PolicySummary:
 
 def _oracle_summary(best: Oracle | str, reference: Reference | None, lower: float | None) -> PolicySummary:
     if isinstance(best, str) or reference is None:
-        return PolicySummary(ORACLE, PolicyKind.BOUND.value, "failed", str(best), False, Metrics(), {}, {}, ())
+        return PolicySummary(ORACLE, PolicyKind.BOUND.value, RunStatus.FAILED, str(best), False, Metrics(), {}, {}, ())
     placement = best.placement
     moved = float(placement.moved_bytes.sum())
     metrics = Metrics(modeled_time_s=placement.total_s, access_time_s=placement.access_s,
@@ -253,7 +255,7 @@ def _oracle_summary(best: Oracle | str, reference: Reference | None, lower: floa
                       ratio_to_oracle=1.0)
     extra = {"capacity_bytes": {str(node): size for node, size in enumerate(best.capacity_bytes)},
              "headroom_bytes": best.headroom_bytes, "lp_rounds": placement.rounds}
-    return PolicySummary(ORACLE, PolicyKind.BOUND.value, "ok", None, False, metrics, {},
+    return PolicySummary(ORACLE, PolicyKind.BOUND.value, RunStatus.OK, None, False, metrics, {},
                          {"solve_seconds": placement.solve_seconds}, (), extra)
 
 
