@@ -53,8 +53,9 @@ READER_POLL_S = 0.5  # how often the reader looks up from a quiet channel to see
 # Safe to send again after a reconnect: reads, and settings that end the same when applied twice.
 IDEMPOTENT_OPS = frozenset({"hello", "nodes", "vmstat", "observe", "watch", "unwatch", "place", "tiering",
                             "damos_stats"})
-# DAMON's sysfs files take their lock with a trylock and answer EBUSY while another writer holds it:
-# an idempotent call that meets it is asked again after a pause, a few times, before the error stands.
+# EBUSY is the guest kernel saying "not now": DAMON's sysfs answers it while another writer holds its lock,
+# and a smoke run met one at observe (its exact source there is not pinned down yet). An idempotent call
+# that meets it is asked again after a pause, a few times, before the error stands.
 BUSY_RETRIES = 3
 BUSY_PAUSE_S = 0.2
 CONTEXT_ARGS = ("pid", "node", "run", "id")  # named in error messages
