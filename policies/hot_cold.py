@@ -8,8 +8,7 @@ memory tier then HMAT latency) and the slow ones. Each interval it
    by address overlap;
 2. promotes, hottest first (older first on ties), regions that have been hot
    for a few observations running and are not yet on the fast node, as far as
-   the fast node's room and the migration budget allow (both counted by
-   :mod:`testbed.ledger`, as the validator counts them);
+   the fast node's free memory (less a headroom) and the migration budget allow;
 3. when the fast node is full, first demotes its coldest data to the next tier,
    but only data clearly colder than what replaces it.
 
@@ -26,7 +25,6 @@ from dataclasses import dataclass, field
 
 from policies.base import Policy
 from policies.tiers import demotion_targets, speed_order
-from testbed.ledger import Ledger, merged, move_cost
 from testbed.model import PAGE_SIZE
 from testbed.values import Action, Migrate, Observation, PolicyContext, RegionView, Setup
 
@@ -43,13 +41,17 @@ class HotColdSettings:
     hot_rate: float = 0.05  # hot from here: on average one sampled access per aggregation of 20 samples
     hot_observations: int = 2  # observations in a row with a hot access rate before a promotion
     colder_ratio: float = 0.5  # demote to make room only data at most this share as hot as the newcomer
+    # Kept free on the fast node: the orchestrator refuses moves into its last 64 MiB (the
+    # kernel's reserve); the rest absorbs the error of sampled residency.
+    headroom_bytes: int = 96 * MIB
 
     def __post_init__(self) -> None:
         for name in ("smoothing", "hot_rate", "colder_ratio"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        if not isinstance(self.hot_observations, int) or self.hot_observations < 1:
-            raise ValueError(f"hot_observations must be a whole number of at least 1, got {self.hot_observations}")
+        for name, least in (("hot_observations", 1), ("headroom_bytes", 0)):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < least:
+                raise ValueError(f"{name} must be a whole number of at least {least}, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -76,49 +78,41 @@ class Machine:
 
 @dataclass
 class Plan:
-    """The moves of one interval, with the budget and room they leave."""
+    """The moves of one interval, with the budget and room they leave (estimated as the orchestrator does)."""
 
     epoch: int
-    ledger: Ledger
-    demotions: list[Migrate] = field(default_factory=list)
-    promotions: list[Migrate] = field(default_factory=list)
+    budget: int
+    room: dict[int, int]  # node -> bytes it can still take
+    demotions: list[tuple[Migrate, int]] = field(default_factory=list)  # with how many regions each covers
+    promotions: list[tuple[Migrate, int]] = field(default_factory=list)
     moved: set[int] = field(default_factory=set)  # region ids: one move per region and interval
 
-    @property
-    def budget(self) -> float:
-        return self.ledger.budget
-
-    def room(self, node: int) -> float:
-        """What ``node`` can still take (nothing if it has no memory)."""
-        return self.ledger.room.get(node, 0)
-
-    def window(self, region: Tracked, node: int, cost_limit: float) -> tuple[int, int] | None:
+    def window(self, region: Tracked, node: int, cost_limit: int) -> tuple[int, int, int] | None:
         """A page-aligned part of ``region`` whose move to ``node`` costs at most ``cost_limit``.
 
-        The cost is what the ledger charges: the region's bytes off ``node``,
-        prorated to the part. Returns (start, end), or None if nothing fits.
+        The cost is what the orchestrator charges: the region's bytes off ``node``,
+        prorated to the part. Returns (start, end, cost), or None if nothing fits.
         """
         view, off = region.view, region.bytes_off(node)
         if off <= 0 or cost_limit < PAGE_SIZE or view.id in self.moved:
             return None
-        length = view.size if off <= cost_limit else int(cost_limit * view.size // off) // PAGE_SIZE * PAGE_SIZE
+        length = view.size if off <= cost_limit else cost_limit * view.size // off // PAGE_SIZE * PAGE_SIZE
         if length < PAGE_SIZE:
             return None
         offset = int((self.epoch * WINDOW_STEP) % 1 * (view.size - length)) // PAGE_SIZE * PAGE_SIZE
-        return view.start + offset, view.start + offset + length
+        return view.start + offset, view.start + offset + length, off * length // view.size
 
-    def add(self, moves: list[Migrate], region: Tracked, part: tuple[int, int], node: int, reason: str) -> None:
-        """Make the move: it takes its cost from the budget and ``node``'s room, and frees room where it leaves."""
-        move = Migrate(*part, node, reason)
-        moves.append(move)
-        self.ledger.take(move_cost(move, (region.view,)))
+    def add(self, moves: list[tuple[Migrate, int]], region: Tracked, part: tuple[int, int, int], node: int,
+            reason: str) -> None:
+        start, end, cost = part
+        moves.append((Migrate(start, end, node, reason), 1))
+        self.budget -= cost
+        self.room[node] = self.room.get(node, 0) - cost
         self.moved.add(region.view.id)
 
     def actions(self) -> list[Action]:
-        """Demotions first: the promotions need the room they make. Each kind in address order, so that moves
-        of adjacent regions merge."""
-        return [*merged(sorted(self.demotions, key=lambda move: move.start)),
-                *merged(sorted(self.promotions, key=lambda move: move.start))]
+        """Demotions first: the promotions need the room they make."""
+        return [*_merged(self.demotions), *_merged(self.promotions)]
 
 
 class HotCold(Policy):
@@ -142,7 +136,9 @@ class HotCold(Policy):
         if machine is None:
             return []
         regions = self._track(sorted(observation.regions, key=lambda view: view.start))
-        plan = Plan(observation.epoch, Ledger.of(observation.nodes, machine.budget))
+        headroom = self.settings.headroom_bytes
+        plan = Plan(observation.epoch, machine.budget,
+                    {node.id: node.free_bytes - headroom for node in observation.nodes})
         promotions = sorted((region for region in regions if self._promotable(region, machine.fast)),
                             key=lambda region: (region.heat, region.view.age), reverse=True)
         victims = deque(sorted((region for region in regions if region.bytes_on(machine.fast) > 0),
@@ -152,7 +148,7 @@ class HotCold(Policy):
                 break
             self._make_room(plan, machine, candidate, victims)
             part = plan.window(candidate, machine.fast,
-                               min(candidate.bytes_off(machine.fast), plan.room(machine.fast), plan.budget))
+                               min(candidate.bytes_off(machine.fast), plan.room[machine.fast], plan.budget))
             if part is not None:
                 plan.add(plan.promotions, candidate, part, machine.fast,
                          f"hot: access rate {candidate.heat:.3f} (smoothed), hot {candidate.hot_streak} "
@@ -180,27 +176,28 @@ class HotCold(Policy):
         """Demote the coldest data of the fast node, if clearly colder, until ``candidate`` fits."""
         fast = machine.fast
         wanted = min(candidate.bytes_off(fast), plan.budget)
-        if plan.room(fast) >= wanted:
+        if plan.room[fast] >= wanted:
             return
         # Promoting x bytes beyond the free room needs as many demoted first, from the same budget.
-        goal = min(wanted, (plan.budget + max(0, plan.room(fast))) // 2)
-        while plan.room(fast) < goal and victims and \
+        goal = min(wanted, (plan.budget + max(0, plan.room[fast])) // 2)
+        while plan.room[fast] < goal and victims and \
                 victims[0].heat <= self.settings.colder_ratio * candidate.heat:
             victim = victims[0]
             reason = f"cold: access rate {victim.heat:.3f} (smoothed), room for one at {candidate.heat:.3f}"
-            if not self._demote(plan, machine, victim, goal - plan.room(fast), reason):
+            if not self._demote(plan, machine, victim, goal - plan.room[fast], reason):
                 break  # out of budget or room elsewhere: the victim stays for a later candidate
             victims.popleft()
 
     @staticmethod
-    def _demote(plan: Plan, machine: Machine, victim: Tracked, need: float, reason: str) -> bool:
+    def _demote(plan: Plan, machine: Machine, victim: Tracked, need: int, reason: str) -> bool:
         """Move enough of ``victim`` to free about ``need`` bytes of the fast node, to the best target with room."""
         on_fast = victim.bytes_on(machine.fast)
         for node in machine.demotion_targets:
             cost_to_free = -(-need * victim.bytes_off(node) // on_fast)
-            part = plan.window(victim, node, min(cost_to_free, plan.budget, plan.room(node)))
+            part = plan.window(victim, node, min(cost_to_free, plan.budget, plan.room.get(node, 0)))
             if part is not None:
                 plan.add(plan.demotions, victim, part, node, reason)
+                plan.room[machine.fast] += on_fast * (part[1] - part[0]) // victim.view.size
                 return True
         return False
 
@@ -229,3 +226,16 @@ def _carried_over(views: Sequence[RegionView], memory: Sequence[Tracked]) -> lis
         carried.append((weighted / covered if covered else None, streak))
     return carried
 
+
+def _merged(moves: list[tuple[Migrate, int]]) -> list[Migrate]:
+    """Moves of adjacent ranges to one node as one action: fewer round trips to the guest."""
+    merged: list[tuple[Migrate, int]] = []
+    for move, count in sorted(moves, key=lambda item: item[0].start):
+        if merged and merged[-1][0].end == move.start and merged[-1][0].node == move.node:
+            last, total = merged[-1]
+            merged[-1] = (Migrate(last.start, move.end, last.node, last.reason), total + count)
+        else:
+            merged.append((move, count))
+    return [move if count == 1 else Migrate(move.start, move.end, move.node,
+                                            f"{move.reason} (first of {count} adjacent regions)")
+            for move, count in merged]

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from policies.damos import Damos
-from policies.hot_cold import HotCold
+from policies.hot_cold import HotCold, HotColdSettings
 from policies.registry import BOUNDS, known_policies, make_policy, policy_kind
 from policies.tiers import demotion_targets, speed_order
 from testbed.errors import UserError
-from testbed.ledger import HEADROOM
 from testbed.values import (
     MAX_UINT,
     Action,
@@ -28,6 +27,7 @@ from testbed.values import (
 )
 
 MIB = 1 << 20
+HEADROOM = HotColdSettings().headroom_bytes
 
 
 def node(node_id: int, free: int, tier: int | None, latency: float | None, cpus: tuple[int, ...] = (),
@@ -233,7 +233,7 @@ def test_the_registry_knows_every_baseline_and_the_oracle_bound() -> None:
     ("hot-cold", {"hot_ratee": 0.1}, "unknown options ['hot_ratee']"),
     ("hot-cold", {"hot_rate": "high"}, "must be numbers"),
     ("damos", {"hot_share": 2.0}, "hot_share must be in (0, 1]"),
-    ("hot-cold", {"hot_observations": 1.5}, "hot_observations must be a whole number"),
+    ("hot-cold", {"headroom_bytes": 1.5}, "headroom_bytes must be a whole number"),
 ])
 def test_registry_errors_name_the_policy_and_the_problem(name: str, options: dict[str, object] | None,
                                                         words: str) -> None:
