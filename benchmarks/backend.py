@@ -99,7 +99,7 @@ def backend_for(models: Sequence[NodeModel]) -> Backend:
 
 def hot_cold_ms(observation: Observation, runs: int) -> float:
     """The hot-cold baseline's decide time on ``observation`` (a fresh policy each run)."""
-    context = PolicyContext("", {}, observation.nodes, 1.0, BUDGET, SAMPLE_S, "", (), Path(os.devnull))
+    context = PolicyContext("", {}, observation.nodes, 1.0, BUDGET, SAMPLE_S, (), Path(os.devnull))
 
     def one() -> float:
         policy = HotCold()

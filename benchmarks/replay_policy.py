@@ -107,7 +107,7 @@ def context_for(run: RecordedRun) -> PolicyContext:
         device_descriptions={node.id: node.device.description for node in system.nodes},
         nodes=nodes, interval_s=experiment["interval_s"], migration_budget=experiment["migration_budget"],
         damon_sample_s=experiment["damon"]["sample_us"] / 1e6,
-        workload_description=experiment["workload"]["description"], hints=(), run_dir=run.directory,
+        hints=(), run_dir=run.directory,
         decision_deadline_s=experiment["decision_deadline_s"])
 
 

@@ -18,6 +18,8 @@ class Policy(ABC):
 
     name: str
     kind: PolicyKind = PolicyKind.BASELINE
+    # A text-blind twin (policies.registry): the orchestrator withholds the device and system texts from it.
+    text_blind: bool = False
 
     def setup(self, context: PolicyContext) -> Setup:
         return Setup()

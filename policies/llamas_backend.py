@@ -1,10 +1,9 @@
 """``llamas-backend``: the LLaMaS backend alone, on the HMAT the guest reports, without reading any text.
 
 An ablation of ``llamas``, which builds on it: the same backend, with the node
-models read from the devices' text instead. The backend is the only one to
-place pages: its setup turns the kernel's NUMA balancing off, which would
-otherwise pull whatever the CPU touches into the room the backend makes,
-whatever the devices.
+models read from the devices' text instead. Like every policy it starts from
+the orchestrator's declared kernel state, NUMA balancing and demotion off, so
+the backend is the only one to place pages.
 """
 
 from __future__ import annotations
@@ -14,13 +13,7 @@ from collections.abc import Mapping
 from policies.backend import Backend, BackendSettings
 from policies.base import Policy
 from policies.cost_model import NodeModel
-from testbed.values import Action, Observation, PolicyContext, Setup, TieringSettings
-
-# The backend places the pages itself. The kernel's NUMA balancing would move them too, on hinting faults,
-# to the node of the CPU that touches them whatever the devices: into the room the backend makes for other
-# data (read-only data onto DRAM, where write-hot data should go), and back after the backend moves them.
-SOLE_PLACER = TieringSettings(numa_balancing=0, demotion_enabled=None)
-SOLE_PLACER_NOTE = "numa_balancing=0: the backend alone places pages (the kernel's NUMA balancing would fight it)"
+from testbed.values import Action, Observation, PolicyContext, Setup
 
 
 class BackendPolicy(Policy):
@@ -48,7 +41,7 @@ class BackendPolicy(Policy):
 
     def setup(self, context: PolicyContext) -> Setup:
         notes = self.build_backend(context, {n.id: NodeModel.from_hmat(n) for n in context.nodes})
-        return Setup(tiering=SOLE_PLACER, notes=(*notes, SOLE_PLACER_NOTE))
+        return Setup(notes=notes)
 
     def decide(self, observation: Observation) -> list[Action]:
         return [*self.backend.decide(observation)]

@@ -3,6 +3,11 @@
 ``make_policy(name, options)`` builds a policy that runs in the VM. Bounds
 (``BOUNDS``) are known names too, but they are computed from a run's ground
 truth afterwards, not run: the runner skips them here.
+
+Every LLM policy ``NAME`` has a text-blind twin ``NAME-blind``: the same code,
+run with the device and system texts withheld (the orchestrator hands it empty
+texts), so it has HMAT and the guest's observations only. What the twin scores
+minus what the policy scores is what reading the texts contributed.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ def _tunable(policy: Callable[[S], Policy], settings: Callable[..., S]) -> Facto
     return make
 
 
-POLICIES: Mapping[str, Factory] = MappingProxyType({
+_POLICIES: dict[str, Factory] = {
     FirstTouch.name: _plain(FirstTouch),
     Interleave.name: _plain(Interleave),
     KernelTiering.name: _plain(KernelTiering),
@@ -65,12 +70,41 @@ POLICIES: Mapping[str, Factory] = MappingProxyType({
     LlamasPolicy.name: _tunable(lambda settings: LlamasPolicy(settings=settings), BackendSettings),
     LlamasDirectPolicy.name: _tunable(lambda direct: LlamasDirectPolicy(direct=direct), DirectSettings),
     BackendPolicy.name: _tunable(BackendPolicy, BackendSettings),  # the backend alone on HMAT: an ablation
-})
+}
+TWIN_SUFFIX = "-blind"
+
+
+def _twin(policy: Factory, name: str) -> Factory:
+    """The text-blind twin of an LLM policy: the same policy, named and marked so that its texts are withheld."""
+    def make(options: Options) -> Policy:
+        twin = policy(options)
+        twin.name, twin.kind, twin.text_blind = name, PolicyKind.TWIN, True
+        return twin
+
+    return make
+
+
+# Making a policy only stores its settings (an LLM is connected at setup), so asking each for its kind is cheap.
+TWINS: Mapping[str, str] = MappingProxyType({name: name + TWIN_SUFFIX for name, make in _POLICIES.items()
+                                             if make({}).kind is PolicyKind.LLM})
+POLICIES: Mapping[str, Factory] = MappingProxyType(
+    {**_POLICIES, **{twin: _twin(_POLICIES[name], twin) for name, twin in TWINS.items()}})
 BOUNDS = frozenset({"oracle"})  # computed offline from the runs' ground truth (testbed/oracle.py)
 
 
 def known_policies() -> list[str]:
     return sorted({*POLICIES, *BOUNDS})
+
+
+def with_twins(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` with each LLM policy's twin right after it (where the list does not name it already)."""
+    expanded: list[str] = []
+    for name in names:
+        expanded.append(name)
+        twin = TWINS.get(name)
+        if twin is not None and twin not in names:
+            expanded.append(twin)
+    return tuple(expanded)
 
 
 def policy_kind(name: str) -> PolicyKind:

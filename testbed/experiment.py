@@ -6,14 +6,14 @@ Format::
     description: What question the experiment answers.
     system: dram-cxl              # a catalog name or a path (relative to this file)
     workload: hot-cold            # a name in experiments/workloads/, a path, or the workload itself
-    policies: [first-touch, hot-cold, llamas, oracle]
+    policies: [first-touch, hot-cold, llamas, oracle]   # each LLM policy's text-blind twin is added
     interval: 1s                  # optional (the workload's epoch): one observation and decision each
-    repeats: 1                    # optional (1)
+    repeats: 5                    # optional (1): runs of each policy, each from the same saved VM state
     seed: 7                       # optional (the workload's): the workload's random seed
     migration_budget: 64MiB       # optional (64MiB): bytes a policy may move per interval
     decision_deadline: 500ms      # optional (half the interval): later decisions are skipped
     migration_throughput: 2GB/s   # optional (2GB/s): what migrating costs in the score; or "measured"
-    hints: false                  # optional (false): give LLM policies the workload's region descriptions
+    hints: false                  # optional (false): give every policy the program's notes on its buffers
     damon:                        # optional: DAMON monitoring of the workload
       sample: 5ms
       aggregate: 100ms
@@ -28,11 +28,13 @@ migration rate too. The throughput migration reaches in the emulated guest
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from policies.registry import known_policies
+from policies.registry import TWINS, known_policies, with_twins
 from testbed.catalog import Catalog, default_catalog
+from testbed.errors import UserError
 from testbed.model import System
 from testbed.units import parse_bandwidth, parse_latency, parse_size
 from testbed.values import Monitoring
@@ -51,7 +53,7 @@ class Experiment:
     description: str
     system: System
     workload: Workload
-    policies: tuple[str, ...]
+    policies: tuple[str, ...]  # as the spec lists them, each LLM policy followed by its twin
     repeats: int
     migration_budget: int
     decision_deadline_s: float
@@ -65,8 +67,19 @@ class Experiment:
     def interval_s(self) -> float:
         return self.workload.epoch_seconds
 
+    @property
+    def twins(self) -> dict[str, str]:
+        """LLM policy -> its text-blind twin, for the LLM policies run."""
+        return {name: TWINS[name] for name in self.policies if name in TWINS}
+
     def with_policies(self, policies: tuple[str, ...]) -> Experiment:
-        return replace(self, policies=policies)
+        """The same experiment with these policies instead (checked as a spec's are; twins added)."""
+        return replace(self, policies=with_twins(_checked_policies(policies, UserError)))
+
+    def with_repeats(self, repeats: int) -> Experiment:
+        if repeats < 1:
+            raise UserError(f"--repeats: must be at least 1, got {repeats}")
+        return replace(self, repeats=repeats)
 
 
 def load_experiment(name_or_path: str, catalog: Catalog | None = None) -> Experiment:
@@ -122,13 +135,17 @@ def _with_overrides(fields: Fields, workload: Workload) -> Workload:
 
 def _policies(fields: Fields) -> tuple[str, ...]:
     names = tuple(str(value) for _, value, _ in fields.items("policies"))
+    return with_twins(_checked_policies(names, lambda message: fields.error("policies", message)))
+
+
+def _checked_policies(names: tuple[str, ...], error: Callable[[str], Exception]) -> tuple[str, ...]:
     if not names:
-        raise fields.error("policies", "needs at least one policy")
+        raise error("needs at least one policy")
     if len(set(names)) != len(names):
-        raise fields.error("policies", f"lists a policy twice: {list(names)}")
+        raise error(f"lists a policy twice: {list(names)}")
     unknown = [name for name in names if name not in known_policies()]
     if unknown:
-        raise fields.error("policies", f"unknown policy {unknown[0]!r} (known: {', '.join(known_policies())})")
+        raise error(f"unknown policy {unknown[0]!r} (known: {', '.join(known_policies())})")
     return names
 
 

@@ -31,9 +31,9 @@ MEMTOUCH_SOURCE = REPO_ROOT / "guest" / "workloads" / "memtouch.c"
 # -ffp-contract=off: no fused multiply-add, so the zipf table is bit-identical everywhere.
 MEMTOUCH_CFLAGS = ("-std=c11", "-O2", "-static", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror")
 MEMTOUCH_FORMAT_VERSION = 1
-# With this flag memtouch waits after each epoch line but the last until it is sent RELEASE_SIGNAL (a name for the
-# guest daemon's kill), so the host acts on an epoch before the next one begins. One release per epoch line: only
-# one can be pending, so a second sent early is lost.
+# With this flag memtouch waits after its regions line and after each epoch line but the last until it is sent
+# RELEASE_SIGNAL (a name for the guest daemon's kill), so the host sets up before epoch 0 and acts on an epoch
+# before the next one begins. One release per line: only one can be pending, so a second sent early is lost.
 BARRIER_FLAG = "--barrier"
 RELEASE_SIGNAL = "USR1"
 

@@ -1,6 +1,17 @@
 """One policy run: boot the machine, start the workload, then each interval
 observe, decide, validate, act and record.
 
+Every policy runs under the same rules: the guest starts from one declared
+kernel state (START_STATE; a policy changes only what its setup declares, and
+every setting is read back into the start record), a policy is told only what
+an OS could know (the administrator's texts, HMAT, what guestd observes, and
+the program's notes on its buffers when the experiment enables them; never the
+experiment's or the workload's narrative; a text-blind twin not even the
+texts), and every move, the initial placement included, is held to the same
+per-interval budget. The workload waits at every epoch boundary until the loop
+has observed and acted (memtouch's barrier), so each epoch's accesses meet one
+known placement however fast the host is.
+
 The run is written to its timeline as it goes. Whatever ends it — the workload
 finishing, the VM dying, the channel dropping, the policy raising, Ctrl-C — the
 timeline gets an ``end`` record saying so, and the VM is taken down.
@@ -11,7 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +31,15 @@ from testbed.channel.errors import GuestdFailure, GuestError
 from testbed.channel.replies import NodeInfo, ObserveReply, ResidencyQuery, RunExit
 from testbed.errors import UserError
 from testbed.experiment import Experiment
-from testbed.memtouch import EpochCounts, GroundTruth, OutputReader, RegionLayout, memtouch_input
+from testbed.memtouch import (
+    BARRIER_FLAG,
+    RELEASE_SIGNAL,
+    EpochCounts,
+    GroundTruth,
+    OutputReader,
+    RegionLayout,
+    memtouch_input,
+)
 from testbed.model import PAGE_SIZE
 from testbed.run_vm import Guest, RunVm, VmFactory, WorkloadRun
 from testbed.timeline import (
@@ -49,6 +68,7 @@ from testbed.values import (
     RegionHint,
     RegionView,
     Setup,
+    TieringSettings,
 )
 
 MEMTOUCH = "/opt/llamas/bin/memtouch"
@@ -62,6 +82,13 @@ SETUP_TIMEOUT_S = 600.0
 SAMPLES_PER_CHUNK = 32
 PAGEMAP_BUDGET_PAGES = 65536  # soft-dirty bits read per observation (larger regions are sampled)
 Progress = Callable[[str], None]
+# Every run starts from this guest state. The kernel places no pages of its own accord unless a policy's setup
+# says so (kernel-tiering turns NUMA balancing and demotion on): a fresh guest boots with numa_balancing=1, which
+# would pull pages toward the CPU that touches them under every policy that does not switch it off. No
+# transparent huge pages: pages are counted, sampled and moved 4 KiB at a time for every policy. No zone reclaim:
+# an allocation that does not fit on its node goes to the next one, as first touch assumes.
+START_STATE = TieringSettings(numa_balancing=0, demotion_enabled=False, transparent_hugepage="never",
+                              zone_reclaim_mode=0)
 
 
 class RunFailed(UserError):
@@ -141,37 +168,42 @@ class _Run:
     def intervals(self, repeat: int, out: Path) -> Iterator[EpochRecord]:
         experiment, guest = self.experiment, self.guest
         nodes = guest.nodes()
-        setup = self.policy.setup(_context(experiment, nodes, out))
+        guest.tiering(START_STATE)
+        setup = self.policy.setup(_context(experiment, nodes, out, text_blind=self.policy.text_blind))
         if setup.tiering is not None:
             guest.tiering(setup.tiering)
+        kernel = _settings(guest.tiering().current)
         if setup.damos:
             guest.damos(setup.damos)
-        # --linger: the workload's memory stays mapped after its last interval, for a loop that is behind.
-        run = guest.run([MEMTOUCH, "--linger", "-"], stdin=memtouch_input(experiment.workload),
+        # --linger: the workload's memory stays mapped after its last interval, for the last observation.
+        # --barrier: it waits before epoch 0 and after each epoch but the last until released.
+        run = guest.run([MEMTOUCH, "--linger", BARRIER_FLAG, "-"], stdin=memtouch_input(experiment.workload),
                         memory=setup.memory, cpus=nodes[0].cpus)  # the score prices accesses from socket 0
         reader = OutputReader()
         truth = _first_touch(run, reader)
         guest.watch(run.pid, experiment.damon)
         state = _RunState(run.pid, truth.regions, guest.vmstat().counters)
-        self.writer.write(self._start(repeat, state, setup))
-        if setup.placement:  # a one-time initial placement: not held to the per-interval budget
+        self.writer.write(self._start(repeat, state, setup, kernel))
+        if setup.placement:  # an initial placement is held to the per-interval budget like every move
             _, observation = self._observe(state, 0, {})
-            self._act(state, _placement_moves(setup.placement, state.layout), observation,
-                      budget=experiment.workload.footprint)
+            self._act(state, _placement_moves(setup.placement, state.layout), observation)
+        run.kill(RELEASE_SIGNAL)  # epoch 0 begins
         timeout = experiment.interval_s + EPOCH_SLACK_S
         while (epoch := _next_epoch(run, reader, timeout)) is not None:
             record = self._interval(state, epoch)
             self.writer.write(record)
             self.progress(_progress_line(self.policy, experiment, record))
+            if epoch.epoch + 1 < experiment.workload.epochs:  # memtouch passes the last boundary unheld
+                run.kill(RELEASE_SIGNAL)
             yield record
         run.kill()
 
-    def _start(self, repeat: int, state: _RunState, setup: Setup) -> RunStart:
+    def _start(self, repeat: int, state: _RunState, setup: Setup, kernel: dict[str, str]) -> RunStart:
         resident = self.guest.observe(state.pid, soft_dirty=False).resident_bytes
         nodes = tuple(NodeState(n.id, n.total_bytes, n.free_bytes, resident.get(n.id, 0)) for n in self.guest.nodes())
         return RunStart(policy=self.policy.name, kind=str(self.policy.kind), repeat=repeat,
                         interval_s=self.experiment.interval_s, page_size=PAGE_SIZE, regions=state.layout,
-                        nodes=nodes, notes=setup.notes)
+                        nodes=nodes, notes=setup.notes, kernel=kernel, barrier=True)
 
     def _interval(self, state: _RunState, epoch: EpochCounts) -> EpochRecord:
         vmstat = self.guest.vmstat().counters
@@ -188,7 +220,7 @@ class _Run:
             migrated_bytes=delta.get("pgmigrate_success", 0) * PAGE_SIZE, observe_seconds=raw.cost_s,
             regions_seen=len(observation.regions),
             decision=Decision(applied, rejected, proposal.seconds, proposal.late),
-            observation=observation_summary(observation),
+            observation=observation_summary(observation), wait_s=epoch.wait_us / 1e6,
         )
 
     def _observe(self, state: _RunState, epoch: int, vmstat_delta: dict[str, int]) -> tuple[ObserveReply,
@@ -222,11 +254,11 @@ class _Run:
         state.pending = None
         return _Proposal(list(actions), time.monotonic() - started, late=False)
 
-    def _act(self, state: _RunState, actions: list[Action], observation: Observation, budget: int | None = None
+    def _act(self, state: _RunState, actions: list[Action], observation: Observation
              ) -> tuple[tuple[Applied, ...], tuple[Rejected, ...]]:
         """Validate, then apply in order; the guest gets the budget actually left, since the validator's
         estimate comes from sampled residency."""
-        budget = budget or self.experiment.migration_budget
+        budget = self.experiment.migration_budget
         verdict = validate(actions, observation, budget)
         applied: list[Applied] = []
         rejected = [Rejected(_record(action), reason) for action, reason in verdict.rejected]
@@ -264,22 +296,28 @@ def observation_summary(observation: Observation) -> dict[str, Any]:
                          {str(node): size for node, size in r.nodes.items()}] for r in observation.regions]}
 
 
-def _context(experiment: Experiment, nodes: list[NodeInfo], out: Path) -> PolicyContext:
+def _context(experiment: Experiment, nodes: list[NodeInfo], out: Path, text_blind: bool) -> PolicyContext:
+    """What the policy may know; a text-blind twin gets no device or system text (HMAT is in ``nodes``)."""
     system, workload = experiment.system, experiment.workload
     hints = tuple(RegionHint(region.name, region.size, region.description)
                   for region in workload.regions if region.description) if experiment.hints else ()
     return PolicyContext(
-        system_description=system.description,
-        device_descriptions={node.id: node.device.description for node in system.nodes},
+        system_description="" if text_blind else system.description,
+        device_descriptions={} if text_blind else {node.id: node.device.description for node in system.nodes},
         nodes=tuple(_node_view(node) for node in nodes),
         interval_s=experiment.interval_s,
         migration_budget=experiment.migration_budget,
         damon_sample_s=experiment.damon.sample_us / 1e6,
-        workload_description=workload.description,
         hints=hints,
         run_dir=out,
         decision_deadline_s=experiment.decision_deadline_s,
     )
+
+
+def _settings(current: TieringSettings) -> dict[str, str]:
+    """The kernel settings as read back, as the start record keeps them (a setting the kernel lacks is left out)."""
+    return {name: (str(value).lower() if isinstance(value, bool) else str(value))
+            for name, value in asdict(current).items() if value is not None}
 
 
 def _node_view(node: NodeInfo) -> NodeView:

@@ -60,6 +60,8 @@ class Manifest:
     workload: str | None
     interval_s: float | None
     policies: tuple[str, ...]
+    twins: tuple[tuple[str, str], ...]  # (LLM policy, its text-blind twin)
+    migration_budget: int | None  # bytes a policy may move per interval; None in manifests before it was recorded
     migration_throughput: float
     migration_notes: tuple[tuple[str, str], ...]  # the rest of experiment.migration: how it was chosen
     facts: tuple[tuple[str, str], ...]  # scalar fields outside the experiment: versions, hashes, accelerator
@@ -146,6 +148,7 @@ def _resolved(experiment: Experiment) -> dict[str, Any]:
         "source": str(experiment.source),
         "system": experiment.system.name,
         "policies": list(experiment.policies),
+        "twins": experiment.twins,
         "repeats": experiment.repeats,
         "interval_s": experiment.interval_s,
         "migration_budget": experiment.migration_budget,
@@ -213,6 +216,8 @@ def read_manifest(run_dir: Path) -> Manifest:
         workload=_name_of(experiment.get("workload")),
         interval_s=_number_or_none(experiment.get("interval_s")),
         policies=tuple(name for name in map(_name_of, experiment.get("policies") or ()) if name),
+        twins=_twins(path, experiment.get("twins")),
+        migration_budget=_bytes_or_none(path, experiment.get("migration_budget")),
         migration_throughput=_throughput(path, throughput),
         migration_notes=tuple((key, str(value)) for key, value in migration.items() if key != "throughput"),
         facts=tuple(_facts({key: value for key, value in data.items() if key != "experiment"})),
@@ -274,6 +279,22 @@ def _name_of(value: object) -> str | None:
     if isinstance(value, dict):
         value = value.get("name")
     return value if isinstance(value, str) else None
+
+
+def _twins(path: Path, value: object) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ConfigError(path, "experiment.twins", f"expected {{policy: its twin}}, got {value!r:.60}")
+    return tuple(value.items())
+
+
+def _bytes_or_none(path: Path, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(path, "experiment.migration_budget", f"expected bytes (a whole number), got {value!r:.40}")
+    return value
 
 
 def _number_or_none(value: object) -> float | None:

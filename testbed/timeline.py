@@ -5,12 +5,15 @@ so a crash or Ctrl-C leaves everything up to that point); the scorer and the
 report read only this file. Record types:
 
 - ``start``: the policy, the workload's regions (addresses and chunking), the
-  nodes as the guest saw them when the workload had touched its memory.
+  nodes as the guest saw them when the workload had touched its memory, the
+  kernel settings as read back after the policy's setup, and whether the
+  workload waited for the loop at every epoch boundary (the barrier).
 - ``epoch``: for one interval of the workload, its ground truth (reads and
   writes per region per chunk), where each chunk's pages were at the end of
   the interval (sampled pages per node), what the kernel migrated, what the
   policy saw (free memory per node, DAMON regions) and its decision (actions,
-  rejections, time taken, whether it was late).
+  rejections, time taken, whether it was late), and how long the workload was
+  held at the boundary before the interval while the loop observed and acted.
 - ``end``: ``ok`` or ``failed`` with the reason.
 
 The JSON shape is format 1 throughout: an action is one flat object (``type``,
@@ -50,6 +53,9 @@ class RunStart:
     regions: tuple[RegionLayout, ...]  # the workload's buffers, as it reported them
     nodes: tuple[NodeState, ...]  # when the workload had first-touched all its memory
     notes: tuple[str, ...] = ()
+    # The guest's page-placement settings after setup, read back: {"numa_balancing": "0", ...}.
+    kernel: dict[str, str] = field(default_factory=dict)
+    barrier: bool = False  # the workload waited at each epoch boundary until the loop had acted
 
 
 class ActionType(StrEnum):
@@ -114,6 +120,7 @@ class EpochRecord:
     observe_seconds: float  # the guest daemon's cost for the observation
     regions_seen: int  # DAMON regions the policy saw
     decision: Decision | None = None
+    wait_s: float = 0.0  # the workload was held this long before the interval began (the barrier)
     # What the policy saw (see testbed.orchestrator.observation_summary): enough to replay it offline.
     observation: dict[str, Any] | None = None
 

@@ -26,6 +26,7 @@ MAX_UINT = (1 << 32) - 1  # DAMON's nr_accesses and age are unsigned int in the 
 class PolicyKind(StrEnum):
     BASELINE = "baseline"
     LLM = "llm"
+    TWIN = "twin"  # an LLM policy's own code with the device and system texts withheld: HMAT only
     BOUND = "bound"  # uses ground truth: an upper bound on what a policy can do, not a policy
 
 
@@ -133,7 +134,10 @@ class RegionHint:
 
 @dataclass(frozen=True)
 class PolicyContext:
-    """What a policy knows before the run: the machine as described in text and as the guest sees it."""
+    """What a policy knows before the run: the machine as described in text and as the guest sees it.
+
+    Only what an OS could know: the administrator's texts, the guest's nodes (HMAT) and, when enabled,
+    the program's own annotations of its buffers. Never the experiment's or the workload's narrative."""
 
     system_description: str
     device_descriptions: dict[int, str]  # node id -> the device's plain text description
@@ -141,8 +145,8 @@ class PolicyContext:
     interval_s: float
     migration_budget: int  # bytes per interval
     damon_sample_s: float  # DAMON's sampling interval: an access_rate of 1 means at least one access per sample
-    workload_description: str
-    hints: tuple[RegionHint, ...]  # empty unless the experiment enables program-aware hints
+    # Empty unless the experiment enables program-aware hints; then every policy gets them.
+    hints: tuple[RegionHint, ...]
     run_dir: Path  # where a policy may write its own records (LLM transcripts)
     decision_deadline_s: float = 0.5  # a decide() slower than this is skipped for the interval
 
@@ -167,10 +171,12 @@ class MemoryPolicy:
 
 @dataclass(frozen=True)
 class TieringSettings:
-    """The kernel's own tiering knobs; None leaves a knob as it is."""
+    """The kernel settings that decide where pages go; None leaves a setting as it is."""
 
-    numa_balancing: int | None  # 0 off, 1 NUMA balancing, 2 memory tiering, 3 both
-    demotion_enabled: bool | None
+    numa_balancing: int | None = None  # 0 off, 1 NUMA balancing, 2 memory tiering, 3 both
+    demotion_enabled: bool | None = None
+    transparent_hugepage: str | None = None  # always, madvise or never
+    zone_reclaim_mode: int | None = None  # 0: allocate on another node before reclaiming this one
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
+from signal import Signals
 
 from testbed.channel.errors import ChannelClosed
 from testbed.channel.replies import (
@@ -35,7 +36,7 @@ from testbed.channel.replies import (
     Vmstat,
     WatchInfo,
 )
-from testbed.memtouch import RegionLayout, parse_output
+from testbed.memtouch import RELEASE_SIGNAL, RegionLayout, parse_output
 from testbed.model import PAGE_SIZE
 from testbed.run_vm import Guest
 from testbed.values import AddressRange, MemoryPolicy, Monitoring, Scheme, TieringSettings
@@ -73,9 +74,14 @@ class FakeRun:
         self.exit = RunExit(self._process.wait(), None)
 
     def kill(self, signal: str = "TERM") -> bool:
-        self._process.kill()
-        self._process.wait()
-        self.exit = RunExit(None, f"SIG{signal}")
+        """Sends the signal to memtouch (the barrier's release is one); any other than the release ends it."""
+        self._guest.calls.append(f"kill {signal}")
+        if self._process.poll() is not None:
+            return False
+        self._process.send_signal(Signals[f"SIG{signal}"])
+        if signal != RELEASE_SIGNAL:
+            self._process.wait()
+            self.exit = RunExit(None, f"SIG{signal}")
         return True
 
 
@@ -92,6 +98,8 @@ class FakeGuest:
     migrated_pages: int = 0
     calls: list[str] = field(default_factory=list)
     runs: list[FakeRun] = field(default_factory=list)
+    # A fresh guest's settings (NUMA balancing on, as Debian's kernel boots); tiering() changes them.
+    settings: TieringSettings = field(default_factory=lambda: TieringSettings(1, False, "madvise", 0))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def check_alive(self) -> None:
@@ -122,8 +130,11 @@ class FakeGuest:
 
     def tiering(self, settings: TieringSettings | None = None) -> TieringChange:
         self.calls.append(f"tiering {settings}")
-        unchanged = TieringSettings(1, False)
-        return TieringChange(unchanged, settings or unchanged)
+        previous = self.settings
+        if settings is not None:
+            self.settings = TieringSettings(*(new if new is not None else old for new, old in
+                                              zip(astuple(settings), astuple(previous), strict=True)))
+        return TieringChange(previous, self.settings)
 
     def damos(self, schemes: Sequence[Scheme], nodes: Sequence[int] | None = None,
               monitoring: Monitoring | None = None) -> DamosInfo:

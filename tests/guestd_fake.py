@@ -54,6 +54,8 @@ def build_tree(root: Path) -> None:
     write(root, f"boot/config-{RELEASE}", "CONFIG_NUMA=y\nCONFIG_MEM_SOFT_DIRTY=y\n")
     write(root, "proc/sys/kernel/numa_balancing", "0\n")
     write(root, "sys/kernel/mm/numa/demotion_enabled", "false\n")
+    write(root, "sys/kernel/mm/transparent_hugepage/enabled", "always [madvise] never\n")
+    write(root, "proc/sys/vm/zone_reclaim_mode", "0\n")
     write(root, "sys/devices/system/cpu/online", "0-3\n")
     nodes = "sys/devices/system/node"
     write(root, f"{nodes}/online", "0-2\n")

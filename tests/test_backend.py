@@ -323,11 +323,11 @@ def test_ten_thousand_regions_are_decided_quickly() -> None:
 def test_the_backend_policy_costs_nodes_from_hmat_and_notes_the_rest(tmp_path: Path) -> None:
     nodes = (NodeView(0, 2**30, 2**30, (0, 1), 4, 80, 80, 64e9, 64e9),
              NodeView(1, 2**30, 2**30, (), None, None, None, None, None))
-    context = PolicyContext("", {0: "", 1: ""}, nodes, 1.0, 64 * MIB, SAMPLE_S, "", (), tmp_path)
+    context = PolicyContext("", {0: "", 1: ""}, nodes, 1.0, 64 * MIB, SAMPLE_S, (), tmp_path)
     policy = BackendPolicy()
     with pytest.raises(RuntimeError, match="before setup"):
         policy.decide(observe([], [500, 500]))
     setup = policy.setup(context)
     assert setup.notes[0] == "node 1: no latency known; the backend leaves its pages where they are"
-    assert setup.tiering is not None and setup.tiering.numa_balancing == 0  # the backend alone places pages
+    assert setup.tiering is None  # the declared start state has NUMA balancing off already
     assert policy.decide(observe([region(0, 64, node=1, rate=0.9)], [500, 500])) == []

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.errors import ConfigError
+from testbed.errors import ConfigError, UserError
 from testbed.experiment import DEFAULT_MIGRATION_THROUGHPUT, EXPERIMENTS_DIR, load_experiment
 
 SPEC = """\
@@ -61,3 +61,22 @@ def test_a_workload_too_big_for_the_machine_is_refused(tmp_path: Path) -> None:
                           "    - {name: a, size: 4GiB, pattern: uniform, accesses: 1}\n  phases: [{epochs: 1}]")
     with pytest.raises(ConfigError, match=r"workload.regions\[0\].size"):
         load_experiment(write(tmp_path, inline))
+
+
+def test_each_llm_policy_brings_its_text_blind_twin(tmp_path: Path) -> None:
+    experiment = load_experiment(write(tmp_path, SPEC.replace("hot-cold,", "llamas, hot-cold, llamas-direct,")))
+    assert experiment.policies == ("first-touch", "llamas", "llamas-blind", "hot-cold", "llamas-direct",
+                                   "llamas-direct-blind", "oracle")
+    assert experiment.twins == {"llamas": "llamas-blind", "llamas-direct": "llamas-direct-blind"}
+    listed = load_experiment(write(tmp_path, SPEC.replace("hot-cold,", "llamas-blind, llamas,")))
+    assert listed.policies == ("first-touch", "llamas-blind", "llamas", "oracle")  # listed once, where listed
+    assert experiment.with_policies(("llamas",)).policies == ("llamas", "llamas-blind")
+
+
+def test_repeats_from_the_spec_or_the_command_line(tmp_path: Path) -> None:
+    experiment = load_experiment(write(tmp_path, SPEC + "repeats: 5\n"))
+    assert experiment.repeats == 5 and experiment.with_repeats(2).repeats == 2
+    with pytest.raises(UserError, match="--repeats: must be at least 1"):
+        experiment.with_repeats(0)
+    with pytest.raises(UserError, match="unknown policy 'fastest'"):
+        experiment.with_policies(("fastest",))

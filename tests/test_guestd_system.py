@@ -90,21 +90,28 @@ def test_hello_reports_kernel_and_capabilities(tmp_path: Path) -> None:
 
 def test_tiering_reports_previous_values_and_exit_restores_them(tmp_path: Path) -> None:
     guest = FakeGuest(tmp_path)
-    change = guest.result("tiering", numa_balancing=2, demotion_enabled=True)
-    assert change["previous"] == {"numa_balancing": 0, "demotion_enabled": False}
-    assert change["current"] == {"numa_balancing": 2, "demotion_enabled": True}
+    change = guest.result("tiering", numa_balancing=2, demotion_enabled=True, transparent_hugepage="never")
+    assert change["previous"] == {"numa_balancing": 0, "demotion_enabled": False, "transparent_hugepage": "madvise",
+                                  "zone_reclaim_mode": 0}
+    assert change["current"] == {"numa_balancing": 2, "demotion_enabled": True, "transparent_hugepage": "never",
+                                 "zone_reclaim_mode": 0}
     assert (tmp_path / "sys/kernel/mm/numa/demotion_enabled").read_text() == "true"
+    assert (tmp_path / "sys/kernel/mm/transparent_hugepage/enabled").read_text() == "never"
     guest.result("tiering", numa_balancing=3)
     guest.daemon.close()
     assert (tmp_path / "proc/sys/kernel/numa_balancing").read_text() == "0"
     assert (tmp_path / "sys/kernel/mm/numa/demotion_enabled").read_text() == "false"
+    assert (tmp_path / "sys/kernel/mm/transparent_hugepage/enabled").read_text() == "madvise"
 
 
 def test_tiering_refuses_modes_the_kernel_does_not_have(tmp_path: Path) -> None:
     guest = FakeGuest(tmp_path)
-    code, message = guest.error("tiering", numa_balancing=4)
-    assert code == "EINVAL"
-    assert "tiering.numa_balancing" in message
+    for wrong, field in (({"numa_balancing": 4}, "numa_balancing"), ({"transparent_hugepage": "often"},
+                                                                     "transparent_hugepage"),
+                         ({"zone_reclaim_mode": 8}, "zone_reclaim_mode")):
+        code, message = guest.error("tiering", **wrong)
+        assert code == "EINVAL"
+        assert f"tiering.{field}" in message
 
 
 def test_soft_dirty_support_is_read_from_proc_config_when_boot_has_none(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ RAT = profile_answer(600, 600, 20, 20, **{FREQUENCY_KEY: {"quote": "Its latency 
 RAT_FAST_CASE = json.dumps({"fast_latency": quantity(50, "ns"), "fast_access_rate": quantity(200, "per second")})
 
 
-def context_for(system: System, run_dir: Path, hints: Sequence[RegionHint] = (), workload: str = "a service",
+def context_for(system: System, run_dir: Path, hints: Sequence[RegionHint] = (),
                 free: Sequence[int] | None = None) -> PolicyContext:
     """What the orchestrator would hand a policy for ``system``: the HMAT the guest sees, device texts."""
     def view(index: int) -> NodeView:
@@ -60,7 +60,7 @@ def context_for(system: System, run_dir: Path, hints: Sequence[RegionHint] = (),
                         entry.write_bandwidth_mib * float(MIB))
 
     return PolicyContext(system.description, {node.id: node.device.description for node in system.nodes},
-                         tuple(view(i) for i in range(len(system.nodes))), 1.0, 64 * MIB, 0.005, workload,
+                         tuple(view(i) for i in range(len(system.nodes))), 1.0, 64 * MIB, 0.005,
                          tuple(hints), run_dir)
 
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 from fake_guest import FakeGuest, FakeNode, FakeVm
+from fake_openai import FakeOpenAi
 
 from policies.base import Policy
+from policies.frontend import ProfileCache
+from policies.llamas_direct import DirectSettings, LlamasDirectPolicy
 from testbed.experiment import Experiment, load_experiment
-from testbed.memtouch import build_memtouch, memtouch_input, parse_output
-from testbed.orchestrator import run_policy
+from testbed.memtouch import RELEASE_SIGNAL, build_memtouch, memtouch_input, parse_output
+from testbed.orchestrator import START_STATE, run_policy
 from testbed.timeline import RunStatus, read_timeline
 from testbed.values import Action, Migrate, Observation, PolicyContext, Setup, TieringSettings
 
@@ -52,7 +56,7 @@ class Scripted(Policy):
 
     def setup(self, context: PolicyContext) -> Setup:
         self.budget = context.migration_budget
-        return Setup(tiering=TieringSettings(numa_balancing=0, demotion_enabled=None))
+        return Setup(tiering=TieringSettings(demotion_enabled=True))
 
     def decide(self, observation: Observation) -> list[Action]:
         if observation.epoch != 0:
@@ -74,7 +78,9 @@ def test_the_loop_records_ground_truth_residency_and_decisions(memtouch: Path, e
     end = run_policy(experiment, Scripted(), 1, tmp_path / "run", lambda line: None, boot)
     assert (end.status, end.epochs) == (RunStatus.OK, EPOCHS)
     assert names == ["loop-scripted-r1"] and vm.downs == 1
-    assert "tiering TieringSettings(numa_balancing=0, demotion_enabled=None)" in vm.guest_daemon.calls
+    # The declared start state first, then what the policy's setup changes, then a read-back.
+    tiering = [call for call in vm.guest_daemon.calls if call.startswith("tiering")]
+    assert tiering == [f"tiering {START_STATE}", f"tiering {TieringSettings(demotion_enabled=True)}", "tiering None"]
     assert "run cpus=[0, 1]" in vm.guest_daemon.calls  # the workload runs on node 0's CPUs
 
     timeline = read_timeline(tmp_path / "run" / "timeline.jsonl")
@@ -86,6 +92,12 @@ def test_the_loop_records_ground_truth_residency_and_decisions(memtouch: Path, e
         tuple(tuple(int(v) for v in counts) for counts in epoch.reads) for epoch in truth.epochs]
     assert [region.name for region in timeline.start.regions] == ["hot", "cold"]
     assert timeline.start.nodes[0].workload_bytes == 12 * MiB
+    assert timeline.start.kernel == {"numa_balancing": "0", "demotion_enabled": "true",
+                                     "transparent_hugepage": "never", "zone_reclaim_mode": "0"}
+    # One release before epoch 0 and after each epoch but the last, then the end of the lingering workload.
+    kills = [call for call in vm.guest_daemon.calls if call.startswith("kill")]
+    assert kills == [f"kill {RELEASE_SIGNAL}"] * EPOCHS + ["kill TERM"]
+    assert timeline.start.barrier and all(record.wait_s > 0 for record in timeline.epochs)
 
     first, second = timeline.epochs[0], timeline.epochs[1]
     assert first.decision is not None
@@ -140,3 +152,66 @@ def test_a_failing_run_keeps_its_record_and_takes_its_vm_down(memtouch: Path, ex
     assert timeline.end.status == RunStatus.FAILED
     assert vm.downs == 1
     assert all(run.exit is not None for run in vm.guest_daemon.runs)  # the workload did not outlive the run
+
+
+# ---- what a policy is told ----
+
+
+class Recording(Policy):
+    """Keeps the context it was set up with; decides nothing."""
+
+    name = "recording"
+
+    def __init__(self, text_blind: bool = False) -> None:
+        self.text_blind = text_blind
+        self.context: PolicyContext | None = None
+
+    def setup(self, context: PolicyContext) -> Setup:
+        self.context = context
+        return Setup()
+
+    def decide(self, observation: Observation) -> list[Action]:
+        return []
+
+
+def with_hints(experiment: Experiment, hints: bool) -> Experiment:
+    regions = tuple(replace(region, description=f"what the program does with {region.name}")
+                    for region in experiment.workload.regions)
+    return replace(experiment, hints=hints, workload=replace(experiment.workload, regions=regions))
+
+
+@pytest.mark.parametrize("hints", [False, True])
+def test_a_policy_is_told_what_an_os_could_know_and_hints_only_when_enabled(
+        memtouch: Path, experiment: Experiment, tmp_path: Path, hints: bool) -> None:
+    experiment = with_hints(experiment, hints)
+    policy = Recording()
+    assert run_policy(experiment, policy, 1, tmp_path, lambda line: None, lambda name: fake_vm(memtouch)).status == "ok"
+    assert policy.context is not None
+    told = repr(policy.context)
+    assert experiment.description not in told and experiment.workload.description not in told
+    assert policy.context.system_description == experiment.system.description
+    assert [hint.name for hint in policy.context.hints] == (["hot", "cold"] if hints else [])
+
+
+def test_a_text_blind_twin_gets_no_device_or_system_text(memtouch: Path, experiment: Experiment,
+                                                         tmp_path: Path) -> None:
+    policy = Recording(text_blind=True)
+    run_policy(with_hints(experiment, True), policy, 1, tmp_path, lambda line: None, lambda name: fake_vm(memtouch))
+    assert policy.context is not None
+    assert (policy.context.system_description, policy.context.device_descriptions) == ("", {})
+    assert [hint.name for hint in policy.context.hints] == ["hot", "cold"]  # the program's notes are not the text
+
+
+def test_no_prompt_of_an_llm_policy_holds_the_experiment_or_workload_narrative(
+        memtouch: Path, experiment: Experiment, tmp_path: Path) -> None:
+    experiment = with_hints(experiment, True)
+    with FakeOpenAi("{}") as fake:  # every answer unusable: the backend decides, the questions are still asked
+        policy = LlamasDirectPolicy(lambda run_dir: fake.client(), ProfileCache(tmp_path / "cache"),
+                                    direct=DirectSettings(deadline_s=0.05))
+        run_policy(experiment, policy, 1, tmp_path / "run", lambda line: None, lambda name: fake_vm(memtouch))
+        prompts = [message["content"] for request in fake.requests for message in request["messages"]]
+    assert len(prompts) >= 2 * 3  # the devices, the hints and at least one epoch
+    assert any("what the program does with hot" in prompt for prompt in prompts)
+    assert any(experiment.system.nodes[1].device.description.split(".")[0] in prompt for prompt in prompts)
+    assert not any(experiment.description in prompt or experiment.workload.description in prompt
+                   for prompt in prompts)

@@ -41,7 +41,7 @@ def dram_cxl(fast_free: int) -> tuple[NodeView, ...]:
 
 def context(nodes: tuple[NodeView, ...], budget: int = 256 * MIB) -> PolicyContext:
     return PolicyContext("a test machine", {}, nodes, interval_s=1.0, migration_budget=budget,
-                         damon_sample_s=0.005, workload_description="", hints=(), run_dir=Path("/nonexistent"))
+                         damon_sample_s=0.005, hints=(), run_dir=Path("/nonexistent"))
 
 
 def region(region_id: int, start_mib: int, size_mib: int, rate: float, node_id: int, age: int = 5) -> RegionView:
@@ -224,6 +224,15 @@ def test_the_registry_knows_every_baseline_and_the_oracle_bound() -> None:
     assert policy_kind("oracle") is PolicyKind.BOUND
     assert policy_kind("hot-cold") is PolicyKind.BASELINE
     assert make_policy("hot-cold").name == "hot-cold"
+
+
+def test_every_llm_policy_has_a_text_blind_twin_of_the_same_code() -> None:
+    for name in ("llamas", "llamas-direct"):
+        policy, twin = make_policy(name), make_policy(f"{name}-blind")
+        assert type(twin) is type(policy) and policy_kind(name) is PolicyKind.LLM
+        assert (twin.name, twin.kind, twin.text_blind, policy.text_blind) == (f"{name}-blind", PolicyKind.TWIN,
+                                                                             True, False)
+    assert "hot-cold-blind" not in known_policies()  # a baseline reads no text: it has no twin
 
 
 @pytest.mark.parametrize(("name", "options", "words"), [

@@ -418,8 +418,11 @@ def start(memtouch: Path) -> Iterator[Callable[..., Held]]:
 
 
 def run_released(held: Held, epochs: int, delay: float = 0) -> GroundTruth:
-    """Releases each epoch but the last ``delay`` seconds after its line, as the host does once it has acted."""
+    """Releases the start and each epoch but the last ``delay`` seconds after its line, as the host does once it
+    has acted."""
     assert held.line()["type"] == "regions"
+    time.sleep(delay)
+    held.release()
     for epoch in range(epochs):
         assert held.line()["epoch"] == epoch
         if epoch + 1 < epochs:
@@ -434,6 +437,8 @@ def run_released(held: Held, epochs: int, delay: float = 0) -> GroundTruth:
 def test_barrier_holds_each_epoch_until_released(start: Callable[..., Held], flags: tuple[str, ...]) -> None:
     held = start(workload(region("a", "uniform", 1000), phases=[{"epochs": 3}]), *flags)
     assert held.line()["type"] == "regions"
+    assert held.silent_for(0.5)  # held before epoch 0 too, for the host to watch and place
+    held.release()
     for epoch in range(2):
         assert held.line()["epoch"] == epoch
         assert held.silent_for(0.5)
@@ -450,6 +455,8 @@ def test_barrier_holds_each_epoch_until_released(start: Callable[..., Held], fla
 def test_a_release_sent_before_the_boundary_is_kept(start: Callable[..., Held]) -> None:
     held = start(workload(region("a", "uniform", 1000), phases=[{"epochs": 2}], epoch="300ms"))
     assert held.line()["type"] == "regions"
+    held.release()
+    time.sleep(0.05)  # taken: epoch 0 is under way
     held.release()  # epoch 0 runs for 300ms yet
     first, second = held.line(), held.line(timeout=5)
     assert (first["epoch"], second["epoch"]) == (0, 1)
@@ -472,7 +479,7 @@ def test_barrier_does_not_change_the_counts(memtouch: Path, start: Callable[...,
 def test_wait_us_is_the_hold_and_the_next_epoch_is_paced_from_its_release(start: Callable[..., Held]) -> None:
     truth = run_released(start(workload(region("a", "uniform", 1000))), epochs=2, delay=0.4)
     before, after = truth.epochs
-    assert before.wait_us == 0 and after.wait_us >= 300_000
+    assert before.wait_us >= 300_000 and after.wait_us >= 300_000
     assert after.start_us == before.end_us + after.wait_us
     # Paced from the old schedule, the epoch would have been late by the whole hold.
     assert not after.late and after.end_us - after.start_us == 50_000
@@ -482,7 +489,10 @@ def test_wait_us_is_the_hold_and_the_next_epoch_is_paced_from_its_release(start:
 @pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_a_held_program(start: Callable[..., Held], ending: signal.Signals) -> None:
     held = start(workload(region("a", "uniform", 100)))
-    assert held.line()["type"] == "regions" and held.line()["epoch"] == 0
+    assert held.line()["type"] == "regions"
+    time.sleep(0.1)  # into the wait before epoch 0
+    held.release()
+    assert held.line()["epoch"] == 0
     time.sleep(0.1)  # into the wait
     held.process.send_signal(ending)
     assert held.process.wait(timeout=10) == -ending

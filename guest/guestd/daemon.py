@@ -33,6 +33,7 @@ from .protocol import (
 from .runs import Placement, Runs
 from .syscalls import Syscalls
 from .system import (
+    THP_MODES,
     Tiering,
     capabilities,
     describe_nodes,
@@ -188,8 +189,13 @@ class Daemon:
         return {"time": time.monotonic(), "counters": read_vmstat(self._kernel, everything)}
 
     def tiering(self, args: Args) -> JsonObject:
+        thp = args.text("transparent_hugepage", default=None)
+        if thp is not None and thp not in THP_MODES:
+            raise invalid(f"tiering.transparent_hugepage: expected one of {', '.join(THP_MODES)}, got {thp!r}")
         wanted = {"numa_balancing": args.integer("numa_balancing", 0, 3, default=None),
-                  "demotion_enabled": args.boolean("demotion_enabled", default=None)}
+                  "demotion_enabled": args.boolean("demotion_enabled", default=None),
+                  "transparent_hugepage": thp,
+                  "zone_reclaim_mode": args.integer("zone_reclaim_mode", 0, 7, default=None)}
         args.done()
         return self._tiering.apply({name: value for name, value in wanted.items() if value is not None})
 

@@ -17,6 +17,9 @@ TIERS_DIR = "sys/devices/virtual/memory_tiering"
 DAMON_ADMIN = "sys/kernel/mm/damon/admin"
 NUMA_BALANCING = "proc/sys/kernel/numa_balancing"
 DEMOTION_ENABLED = "sys/kernel/mm/numa/demotion_enabled"
+TRANSPARENT_HUGEPAGE = "sys/kernel/mm/transparent_hugepage/enabled"
+ZONE_RECLAIM_MODE = "proc/sys/vm/zone_reclaim_mode"
+THP_MODES = ("always", "madvise", "never")
 MAX_CONFIG_BYTES = 1 << 22  # /proc/config.gz is ~50 KB; procfs reports its size as 0
 TRACEFS_MOUNTS = ("sys/kernel/tracing", "sys/kernel/debug/tracing")
 
@@ -157,25 +160,36 @@ def capabilities(kernel: Kernel, release: str) -> JsonObject:
     }
 
 
+# How a knob's file holds its value.
+NUMBER, SWITCH, CHOICE = "number", "switch", "choice"  # 3 | true/false | "always [madvise] never"
+
+
 @dataclass(frozen=True)
 class Knob:
-    """A tiering setting: its file, and whether it holds true/false rather than a number."""
+    """A kernel setting that decides where pages go: its file, and how the file holds the value."""
 
     name: str
     path: str
-    boolean: bool
+    form: str  # NUMBER, SWITCH or CHOICE
 
     def read(self, kernel: Kernel) -> Any:
         text = kernel.value(self.path)
-        return text == "true" if self.boolean else int(text)
+        if self.form == SWITCH:
+            return text == "true"
+        if self.form == CHOICE:  # the kernel brackets the selected word
+            chosen = re.search(r"\[(\w+)\]", text)
+            return chosen.group(1) if chosen else text
+        return int(text)
 
     def write(self, kernel: Kernel, value: Any) -> None:
-        kernel.write(self.path, ("true" if value else "false") if self.boolean else str(value))
+        kernel.write(self.path, ("true" if value else "false") if self.form == SWITCH else str(value))
 
 
 KNOBS = (
-    Knob("numa_balancing", NUMA_BALANCING, boolean=False),
-    Knob("demotion_enabled", DEMOTION_ENABLED, boolean=True),
+    Knob("numa_balancing", NUMA_BALANCING, NUMBER),
+    Knob("demotion_enabled", DEMOTION_ENABLED, SWITCH),
+    Knob("transparent_hugepage", TRANSPARENT_HUGEPAGE, CHOICE),
+    Knob("zone_reclaim_mode", ZONE_RECLAIM_MODE, NUMBER),
 )
 
 

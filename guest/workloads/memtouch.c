@@ -36,8 +36,8 @@
  * means the epoch's accesses took longer than the epoch (none are dropped:
  * the next epoch then starts at once). The setup writes are not counted.
  * wait_us is how long the program was held at the barrier before the epoch
- * began: start_us is the previous epoch's end_us plus wait_us (0 for the first
- * epoch and without --barrier).
+ * began: start_us is the previous epoch's end_us plus wait_us (for the first
+ * epoch, the wait after the regions line; 0 without --barrier).
  * Errors: one line on stderr; exit 2 for a bad spec, 1 for a failure at run time.
  *
  * ACCESSES: one 8-byte load or store. Whether an access is a store is decided
@@ -54,10 +54,11 @@
  * Each epoch is cut into slices paced in time, so that samplers (DAMON) see
  * the accesses spread over the epoch rather than in a burst at its start.
  *
- * BARRIER: with --barrier, after printing each epoch line but the last, the
- * program waits for one SIGUSR1 (the release) before the next epoch, so an
- * observer that acts on every epoch (migrates pages) never has its changes
- * land in the middle of the following one, however slow it is. That epoch is
+ * BARRIER: with --barrier, after printing the regions line and after each
+ * epoch line but the last, the program waits for one SIGUSR1 (the release)
+ * before the next epoch, so an observer that starts watching and placing
+ * before epoch 0, and acts on every epoch (migrates pages), never has its
+ * changes land in the middle of an epoch, however slow it is. Each epoch is
  * then paced, and judged late, from the moment of release. SIGUSR1 is blocked
  * from the start: a release sent before the program reaches the barrier is
  * kept pending and lets it pass at once (only one can be pending, so send one
@@ -730,6 +731,11 @@ static void wait_for_release(void)
 static void run(struct spec *spec, bool barrier)
 {
 	uint64_t epoch = 0, late_epochs = 0, start = now_us(), waited = 0;
+	if (barrier) {
+		wait_for_release();
+		waited = now_us() - start;
+		start += waited;
+	}
 	for (size_t p = 0; p < spec->phase_count; p++)
 		for (uint64_t e = 0; e < spec->phases[p].epochs; e++, epoch++) {
 			start_epoch(spec, &spec->phases[p], e);

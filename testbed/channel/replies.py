@@ -7,7 +7,7 @@ request arguments.  Nothing here talks to a channel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from testbed.channel.errors import GuestError
@@ -304,13 +304,12 @@ class PlaceResult:
 
 
 def tiering_settings(values: ReplyFields) -> TieringSettings:
-    return TieringSettings(values.optional("numa_balancing", int), values.optional("demotion_enabled", bool))
+    return TieringSettings(values.optional("numa_balancing", int), values.optional("demotion_enabled", bool),
+                           values.optional("transparent_hugepage", str), values.optional("zone_reclaim_mode", int))
 
 
 def tiering_args(settings: TieringSettings) -> JsonObject:
-    return {key: value for key, value in
-            (("numa_balancing", settings.numa_balancing), ("demotion_enabled", settings.demotion_enabled))
-            if value is not None}
+    return {key: value for key, value in asdict(settings).items() if value is not None}
 
 
 @dataclass(frozen=True)

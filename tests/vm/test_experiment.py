@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from policies.first_touch import FirstTouch
 from testbed.cli import main
 from testbed.experiment import load_experiment
 from testbed.image import Image
-from testbed.orchestrator import run_policy
+from testbed.orchestrator import START_STATE, run_policy
 from testbed.runner import run_experiment
 from testbed.timeline import read_timeline
 from testbed.values import Action, Observation
@@ -86,3 +86,19 @@ def test_a_failing_run_keeps_its_record_and_leaves_no_vm(guest_image: Image, tmp
     assert not [vm for vm in all_vms() if vm.name.endswith("-failing-r1")]
     # ... and the next policy of the experiment runs as usual.
     assert run_policy(experiment, FirstTouch(), 1, tmp_path / "next", print, boot).status == "ok"
+
+
+def test_repeats_start_from_the_declared_state_and_see_the_same_ground_truth(guest_image: Image,
+                                                                             tmp_path: Path) -> None:
+    experiment = load_experiment("smoke")
+    experiment = replace(experiment, workload=parse_workload(SHORT, Path("short.yaml")))
+    boot = booter(experiment.system, experiment.catalog)
+    timelines = []
+    for repeat in (1, 2):
+        assert run_policy(experiment, FirstTouch(), repeat, tmp_path / f"r{repeat}", print, boot).status == "ok"
+        timelines.append(read_timeline(tmp_path / f"r{repeat}" / "timeline.jsonl"))
+    first, second = timelines
+    declared = {name: str(value).lower() for name, value in asdict(START_STATE).items()}
+    assert first.start.kernel == second.start.kernel == declared  # read back from the guest, not assumed
+    assert [(e.reads, e.writes) for e in first.epochs] == [(e.reads, e.writes) for e in second.epochs]
+    assert first.start.barrier and not any(epoch.late for epoch in (*first.epochs, *second.epochs))
