@@ -113,9 +113,10 @@ class _Proposal:
 
 
 def run_policy(experiment: Experiment, policy: Policy, repeat: int, out: Path, progress: Progress,
-               boot: VmFactory) -> RunEnd:
+               boot: VmFactory, barrier: bool = True) -> RunEnd:
     """Run ``policy`` once in a VM made by ``boot`` and record it in ``out/timeline.jsonl``;
-    returns how it ended. The VM is taken down whatever happens."""
+    returns how it ended. The VM is taken down whatever happens. ``barrier=False`` lets the workload run
+    free of the loop, as it did before the barrier (only benchmarks/spread.py does, to measure the difference)."""
     writer = TimelineWriter(out / "timeline.jsonl")
     epochs = 0
     end = RunEnd(RunStatus.FAILED, "interrupted", 0)
@@ -123,7 +124,7 @@ def run_policy(experiment: Experiment, policy: Policy, repeat: int, out: Path, p
     try:
         vm = boot(_vm_name(experiment, policy, repeat))
         with vm.guest() as guest, concurrent.futures.ThreadPoolExecutor(1) as decider:
-            run = _Run(experiment, policy, guest, decider, writer, progress)
+            run = _Run(experiment, policy, guest, decider, writer, progress, barrier)
             for record in run.intervals(repeat, out):
                 epochs = record.epoch + 1
         end = RunEnd(RunStatus.OK, None, epochs, policy.usage())
@@ -157,13 +158,15 @@ class _Run:
     """The loop of one policy run, with what it needs close at hand."""
 
     def __init__(self, experiment: Experiment, policy: Policy, guest: Guest,
-                 decider: concurrent.futures.ThreadPoolExecutor, writer: TimelineWriter, progress: Progress) -> None:
+                 decider: concurrent.futures.ThreadPoolExecutor, writer: TimelineWriter, progress: Progress,
+                 barrier: bool) -> None:
         self.experiment = experiment
         self.policy = policy
         self.guest = guest
         self.decider = decider
         self.writer = writer
         self.progress = progress
+        self.barrier = barrier
 
     def intervals(self, repeat: int, out: Path) -> Iterator[EpochRecord]:
         experiment, guest = self.experiment, self.guest
@@ -177,7 +180,8 @@ class _Run:
             guest.damos(setup.damos)
         # --linger: the workload's memory stays mapped after its last interval, for the last observation.
         # --barrier: it waits before epoch 0 and after each epoch but the last until released.
-        run = guest.run([MEMTOUCH, "--linger", BARRIER_FLAG, "-"], stdin=memtouch_input(experiment.workload),
+        run = guest.run([MEMTOUCH, "--linger", *([BARRIER_FLAG] if self.barrier else []), "-"],
+                        stdin=memtouch_input(experiment.workload),
                         memory=setup.memory, cpus=nodes[0].cpus)  # the score prices accesses from socket 0
         reader = OutputReader()
         truth = _first_touch(run, reader)
@@ -187,23 +191,27 @@ class _Run:
         if setup.placement:  # an initial placement is held to the per-interval budget like every move
             _, observation = self._observe(state, 0, {})
             self._act(state, _placement_moves(setup.placement, state.layout), observation)
-        run.kill(RELEASE_SIGNAL)  # epoch 0 begins
+        self._release(run)  # epoch 0 begins
         timeout = experiment.interval_s + EPOCH_SLACK_S
         while (epoch := _next_epoch(run, reader, timeout)) is not None:
             record = self._interval(state, epoch)
             self.writer.write(record)
             self.progress(_progress_line(self.policy, experiment, record))
             if epoch.epoch + 1 < experiment.workload.epochs:  # memtouch passes the last boundary unheld
-                run.kill(RELEASE_SIGNAL)
+                self._release(run)
             yield record
         run.kill()
+
+    def _release(self, run: WorkloadRun) -> None:
+        if self.barrier:
+            run.kill(RELEASE_SIGNAL)
 
     def _start(self, repeat: int, state: _RunState, setup: Setup, kernel: dict[str, str]) -> RunStart:
         resident = self.guest.observe(state.pid, soft_dirty=False).resident_bytes
         nodes = tuple(NodeState(n.id, n.total_bytes, n.free_bytes, resident.get(n.id, 0)) for n in self.guest.nodes())
         return RunStart(policy=self.policy.name, kind=str(self.policy.kind), repeat=repeat,
                         interval_s=self.experiment.interval_s, page_size=PAGE_SIZE, regions=state.layout,
-                        nodes=nodes, notes=setup.notes, kernel=kernel, barrier=True)
+                        nodes=nodes, notes=setup.notes, kernel=kernel, barrier=self.barrier)
 
     def _interval(self, state: _RunState, epoch: EpochCounts) -> EpochRecord:
         vmstat = self.guest.vmstat().counters

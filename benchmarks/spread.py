@@ -1,0 +1,80 @@
+"""Spread of one policy over repeats: free-running workload (before the epoch barrier) beside the barrier.
+
+Each repeat starts from the same saved VM state and the same workload seed. The
+table gives the median modeled memory time, its range and the spread
+((max - min) / median), and, to find where the spread comes from, how far the
+repeats differ in each input of the score: the ground truth (memtouch's counts,
+seeded), the residency the score charges (sampled pages), the bytes the policy
+moved, and the DAMON regions it saw. Late epochs are those whose accesses took
+longer than the interval.
+
+    .venv/bin/python benchmarks/spread.py [--spec smoke] [--policy hot-cold] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from policies.registry import make_policy
+from testbed.experiment import Experiment, load_experiment
+from testbed.image import build_image
+from testbed.orchestrator import run_policy
+from testbed.score import score_run
+from testbed.table import render_table
+from testbed.timeline import RunStatus, Timeline, read_timeline
+from testbed.vms import booter
+
+
+def repeats(experiment: Experiment, policy: str, count: int, barrier: bool, out: Path) -> list[Timeline]:
+    image = build_image(log=lambda line: None)
+    boot = booter(experiment.system, experiment.catalog, image, lambda line: None)
+    timelines = []
+    for repeat in range(1, count + 1):
+        run_dir = out / f"{'barrier' if barrier else 'free'}-r{repeat}"
+        end = run_policy(experiment, make_policy(policy), repeat, run_dir, lambda line: None, boot, barrier=barrier)
+        if end.status != RunStatus.OK:
+            raise SystemExit(f"{policy} repeat {repeat} failed: {end.reason}")
+        timelines.append(read_timeline(run_dir / "timeline.jsonl"))
+    return timelines
+
+
+def distinct(values: list[object]) -> str:
+    """How many different values the repeats gave: 1 means the input is the same in every repeat."""
+    return str(len({repr(value) for value in values}))
+
+
+def row(label: str, experiment: Experiment, timelines: list[Timeline]) -> list[object]:
+    throughput = experiment.migration_throughput or 0.0
+    times = [score_run(timeline, experiment.system, throughput).modeled_time_s for timeline in timelines]
+    median = statistics.median(times)
+    moved = [sum(epoch.migrated_bytes for epoch in timeline.epochs) for timeline in timelines]
+    return [label, f"{median:.3f}", f"{min(times):.3f}-{max(times):.3f}", f"{(max(times) - min(times)) / median:.1%}",
+            distinct([[(e.reads, e.writes) for e in t.epochs] for t in timelines]),
+            distinct([[e.residency for e in t.epochs] for t in timelines]),
+            f"{min(moved) / 2**20:.0f}-{max(moved) / 2**20:.0f}",
+            f"{statistics.median(e.regions_seen for t in timelines for e in t.epochs):.0f}",
+            sum(e.late for t in timelines for e in t.epochs)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default="smoke")
+    parser.add_argument("--policy", default="hot-cold")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
+    args = parser.parse_args()
+    experiment = load_experiment(args.spec)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.out or Path(scratch)
+        rows = [row(label, experiment, repeats(experiment, args.policy, args.repeats, barrier, out))
+                for label, barrier in (("free-running (before)", False), ("epoch barrier", True))]
+    print(f"{args.policy} on {args.spec}, {args.repeats} repeats each\n")
+    print(render_table(("workload", "median s", "range s", "spread", "truths", "residencies", "moved MiB",
+                        "DAMON regions", "late epochs"), rows))
+
+
+if __name__ == "__main__":
+    main()
