@@ -3,7 +3,8 @@ observe, decide, validate, act and record.
 
 Every policy runs under the same rules: the guest starts from one declared
 kernel state (START_STATE; a policy changes only what its setup declares, and
-every setting is read back into the start record), a policy is told only what
+every setting is read back into the start record; the page cache is dropped
+before the workload starts), a policy is told only what
 an OS could know (the administrator's texts, HMAT, what guestd observes, and
 the program's notes on its buffers when the experiment enables them; never the
 experiment's or the workload's narrative; a text-blind twin not even the
@@ -178,6 +179,7 @@ class _Run:
         kernel = _settings(guest.tiering().current)
         if setup.damos:
             guest.damos(setup.damos)
+        guest.settle()  # the workload first-touches free memory, not memory the kernel must reclaim as it goes
         # --linger: the workload's memory stays mapped after its last interval, for the last observation.
         # --barrier: it waits before epoch 0 and after each epoch but the last until released.
         run = guest.run([MEMTOUCH, "--linger", *([BARRIER_FLAG] if self.barrier else []), "-"],

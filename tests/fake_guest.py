@@ -128,6 +128,10 @@ class FakeGuest:
         self.check_alive()
         return Vmstat(time.monotonic(), {"pgmigrate_success": self.migrated_pages})
 
+    def settle(self) -> dict[int, int]:
+        self.calls.append("settle")
+        return {node.id: node.free_bytes for node in self.node_list}
+
     def tiering(self, settings: TieringSettings | None = None) -> TieringChange:
         self.calls.append(f"tiering {settings}")
         previous = self.settings

@@ -56,6 +56,7 @@ def build_tree(root: Path) -> None:
     write(root, "sys/kernel/mm/numa/demotion_enabled", "false\n")
     write(root, "sys/kernel/mm/transparent_hugepage/enabled", "always [madvise] never\n")
     write(root, "proc/sys/vm/zone_reclaim_mode", "0\n")
+    write(root, "proc/sys/vm/drop_caches", "")
     write(root, "sys/devices/system/cpu/online", "0-3\n")
     nodes = "sys/devices/system/node"
     write(root, f"{nodes}/online", "0-2\n")

@@ -104,6 +104,15 @@ def test_tiering_reports_previous_values_and_exit_restores_them(tmp_path: Path) 
     assert (tmp_path / "sys/kernel/mm/transparent_hugepage/enabled").read_text() == "madvise"
 
 
+def test_settle_drops_the_page_cache_and_compacts(tmp_path: Path) -> None:
+    guest = FakeGuest(tmp_path)
+    (tmp_path / "proc/sys/vm/compact_memory").write_text("")
+    settled = guest.result("settle")
+    assert set(settled["free_after"]) == set(settled["free_before"]) == {"0", "1", "2"}
+    assert (tmp_path / "proc/sys/vm/drop_caches").read_text() == "3"
+    assert (tmp_path / "proc/sys/vm/compact_memory").read_text() == "1"
+
+
 def test_tiering_refuses_modes_the_kernel_does_not_have(tmp_path: Path) -> None:
     guest = FakeGuest(tmp_path)
     for wrong, field in (({"numa_balancing": 4}, "numa_balancing"), ({"transparent_hugepage": "often"},

@@ -43,6 +43,7 @@ from .system import (
     online_nodes,
     read_vmstat,
     require_memory_node,
+    settle_memory,
 )
 from .tracefs import Region
 
@@ -116,6 +117,7 @@ class Daemon:
             "hello": self.hello, "nodes": self.nodes, "vmstat": self.vmstat,
             "watch": self.watch, "unwatch": self.unwatch, "observe": self.observe,
             "migrate": self.migrate, "place": self.place, "tiering": self.tiering,
+            "settle": self.settle,
             "damos": self.damos, "damos_stats": self.damos_stats, "damos_stop": self.damos_stop,
             "run": self.run, "kill": self.kill,
         }
@@ -198,6 +200,10 @@ class Daemon:
                   "zone_reclaim_mode": args.integer("zone_reclaim_mode", 0, 7, default=None)}
         args.done()
         return self._tiering.apply({name: value for name, value in wanted.items() if value is not None})
+
+    def settle(self, args: Args) -> JsonObject:
+        args.done()
+        return settle_memory(self._kernel)
 
     # DAMON -----------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ NUMA_BALANCING = "proc/sys/kernel/numa_balancing"
 DEMOTION_ENABLED = "sys/kernel/mm/numa/demotion_enabled"
 TRANSPARENT_HUGEPAGE = "sys/kernel/mm/transparent_hugepage/enabled"
 ZONE_RECLAIM_MODE = "proc/sys/vm/zone_reclaim_mode"
+DROP_CACHES = "proc/sys/vm/drop_caches"
+COMPACT_MEMORY = "proc/sys/vm/compact_memory"
 THP_MODES = ("always", "madvise", "never")
 MAX_CONFIG_BYTES = 1 << 22  # /proc/config.gz is ~50 KB; procfs reports its size as 0
 TRACEFS_MOUNTS = ("sys/kernel/tracing", "sys/kernel/debug/tracing")
@@ -191,6 +194,19 @@ KNOBS = (
     Knob("transparent_hugepage", TRANSPARENT_HUGEPAGE, CHOICE),
     Knob("zone_reclaim_mode", ZONE_RECLAIM_MODE, NUMBER),
 )
+
+
+def settle_memory(kernel: Kernel) -> JsonObject:
+    """Free the page cache and reclaimable slab, then compact: every run's workload then first-touches memory
+    that is free outright, not memory the kernel must reclaim while it allocates (which splits a buffer
+    between nodes differently from run to run). Free bytes per node before and after."""
+    before = {str(node): node_free_bytes(kernel, node) for node in memory_nodes(kernel)}
+    os.sync()
+    kernel.write(DROP_CACHES, "3")
+    if kernel.exists(COMPACT_MEMORY):
+        kernel.write(COMPACT_MEMORY, "1")
+    return {"free_before": before,
+            "free_after": {str(node): node_free_bytes(kernel, node) for node in memory_nodes(kernel)}}
 
 
 class Tiering:

@@ -326,6 +326,10 @@ class GuestClient:
         reply = self.call("vmstat", {"all": everything})
         return Vmstat(reply.get("time", float), reply.mapping("counters", int))
 
+    def settle(self) -> dict[int, int]:
+        """Drop the page cache and compact memory before a workload starts; each node's free bytes after."""
+        return self.call("settle", {}).per_node("free_after")
+
     def tiering(self, settings: TieringSettings | None = None) -> TieringChange:
         """Read (``None``) or set the kernel's NUMA balancing mode and demotion; the daemon restores them on exit."""
         args = tiering_args(settings) if settings else {}
