@@ -95,6 +95,7 @@ class Oracle:
     placement: Placement
     capacity_bytes: tuple[int, ...]  # per node
     headroom_bytes: int
+    budget_bytes: float | None = None  # per interval, as the policies had; None: the oracle moved without limit
 
     @property
     def modeled_time_s(self) -> float:
@@ -180,12 +181,15 @@ def capacities(start: RunStart, node_count: int, headroom: int = HEADROOM) -> Ar
 
 
 def oracle(data: RunData, costs: Array, start: RunStart, throughput: float,
-           headroom: int = HEADROOM) -> Oracle:
-    """The best capacity-feasible placement, starting from the run's first measured residency."""
+           headroom: int = HEADROOM, *, budget_bytes: float | None = None) -> Oracle:
+    """The best capacity-feasible placement, starting from the run's first measured residency.
+
+    With ``budget_bytes`` it moves at most that many bytes per interval, as the policies may."""
     capacity = capacities(start, costs.shape[2], headroom)
     initial = placed_shares(data, costs)[0] if data.epochs else np.zeros(costs.shape[1:])
-    placement = solve_placement(costs, data.chunk_bytes, capacity, initial, throughput, data.phases)
-    return Oracle(placement, tuple(int(value) for value in capacity), headroom)
+    placement = solve_placement(costs, data.chunk_bytes, capacity, initial, throughput, data.phases,
+                                budget_bytes=budget_bytes)
+    return Oracle(placement, tuple(int(value) for value in capacity), headroom, budget_bytes)
 
 
 def _latency_ns(device: Device, write: bool, rate: Array) -> Array:

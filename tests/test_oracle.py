@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import numpy.typing as npt
 import pytest
+from scipy.optimize import linprog
 from synthetic_runs import MiB, epoch, layout, nodes, on, system, timeline
 
 from testbed.oracle import OracleError, Placement, solve_placement
@@ -158,3 +159,84 @@ def test_oracle_of_a_run_lies_between_the_lower_bound_and_the_run() -> None:
     measured = float((costs[:, :, 1] * [[1, 0, 0]] + costs[:, :, 0] * [[0, 1, 1]]).sum())
     assert lower_bound_s(costs) <= best.modeled_time_s <= measured
     assert best.placement.shares[:, 0, 0] == pytest.approx(1.0)  # the hot chunk comes to DRAM at once
+
+
+def reference_lp(costs: Array, chunk_bytes: Array, capacity: Array, start: Array, budget: float) -> float:
+    """The budgeted LP written out densely, independently of the oracle's own rows: x then y, each [k, c, n]."""
+    epochs, chunks, nodes = costs.shape
+    size = epochs * chunks * nodes
+    index = np.arange(size).reshape(epochs, chunks, nodes)
+    move_s = chunk_bytes / THROUGHPUT
+    objective = np.concatenate([costs.ravel(), np.broadcast_to(move_s[None, :, None], costs.shape).ravel()])
+    upper, limits = [], []
+    for k, n in itertools.product(range(epochs), range(nodes)):  # capacity
+        row = np.zeros(2 * size)
+        row[index[k, :, n]] = chunk_bytes
+        upper.append(row)
+        limits.append(capacity[n])
+    for k, c, n in itertools.product(range(epochs), range(chunks), range(nodes)):  # y >= x[k] - x[k-1]
+        row = np.zeros(2 * size)
+        row[index[k, c, n]] = 1.0
+        row[size + index[k, c, n]] = -1.0
+        if k:
+            row[index[k - 1, c, n]] = -1.0
+        upper.append(row)
+        limits.append(start[c, n] if k == 0 else 0.0)
+    for k in range(epochs):  # the budget
+        row = np.zeros(2 * size)
+        row[size + index[k].ravel()] = np.repeat(chunk_bytes, nodes)
+        upper.append(row)
+        limits.append(budget)
+    equal = np.zeros((epochs * chunks, 2 * size))
+    for k, c in itertools.product(range(epochs), range(chunks)):
+        equal[k * chunks + c, index[k, c]] = 1.0
+    result = linprog(objective, A_ub=np.array(upper), b_ub=np.array(limits), A_eq=equal,
+                     b_eq=np.ones(epochs * chunks), bounds=(0.0, 1.0), method="highs")
+    assert result.status == 0, result.message
+    return float(result.fun)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_budgeted_oracle_is_the_budgeted_lps_optimum_and_moves_within_the_budget(seed: int) -> None:
+    costs, chunk_bytes, capacity, start = instance(seed, 4, 5, 2 + seed % 2, fast_chunks=2)
+    excess = np.maximum(0.0, start.sum(axis=0) * CHUNK - capacity).sum()  # must move before epoch 0
+    budget = excess + (0.5 + seed % 3) * CHUNK
+    placement = solve_placement(costs, chunk_bytes, capacity, start, THROUGHPUT, budget_bytes=budget)
+    check_feasible(placement, chunk_bytes, capacity)
+    assert (placement.moved_bytes <= budget * (1 + 1e-6)).all()
+    assert placement.total_s == pytest.approx(reference_lp(costs, chunk_bytes, capacity, start, budget), rel=1e-6)
+    unbudgeted = solve_placement(costs, chunk_bytes, capacity, start, THROUGHPUT)
+    assert unbudgeted.total_s <= placement.total_s * (1 + 1e-9)
+
+
+@pytest.mark.parametrize(("seed", "nodes"), [(0, 2), (3, 3)])
+def test_the_decomposition_with_a_budget_finds_the_whole_lps_optimum(seed: int, nodes: int) -> None:
+    """The budget's duals priced into each move: candidates and pricing reach the whole LP's optimum."""
+    rng = np.random.default_rng(seed)
+    epochs, chunks = 10, 60
+    accesses = rng.poisson(100, (epochs, chunks)).astype(float)
+    accesses[:, 30:40] *= 40  # hot chunks that start on the slow node: more want to move than the budget allows
+    costs = accesses[..., None] * np.array([80e-9, 250e-9, 300e-9][:nodes])
+    chunk_bytes = np.full(chunks, CHUNK)
+    capacity = np.array([30, chunks, 20][:nodes]) * CHUNK
+    start = np.eye(nodes)[np.minimum(np.arange(chunks) // 30, nodes - 1)]
+    budget = 3 * CHUNK
+    decomposed = solve_placement(costs, chunk_bytes, capacity, start, THROUGHPUT, budget_bytes=budget)
+    whole = solve_placement(costs, chunk_bytes, capacity, start, THROUGHPUT, close_calls=chunks, budget_bytes=budget)
+    assert (decomposed.moved_bytes <= budget * (1 + 1e-6)).all()
+    assert decomposed.moved_bytes.sum() > budget  # the budget binds over several epochs
+    assert decomposed.total_s == pytest.approx(whole.total_s, rel=1e-6)
+
+
+def test_a_zero_budget_keeps_the_start_placement() -> None:
+    costs, chunk_bytes, capacity, start = instance(1, 4, 5, 2, fast_chunks=5)
+    placement = solve_placement(costs, chunk_bytes, capacity, start, THROUGHPUT, budget_bytes=0.0)
+    assert placement.moved_bytes.sum() == pytest.approx(0.0, abs=1.0)
+    assert placement.total_s == pytest.approx(float((costs * start[None]).sum()), rel=1e-7)
+
+
+def test_a_start_over_capacity_by_more_than_the_budget_has_no_budgeted_oracle() -> None:
+    start = np.array([[1.0, 0.0], [1.0, 0.0]])  # both on node 0, which holds only one
+    with pytest.raises(OracleError, match="over the nodes' capacity"):
+        solve_placement(np.zeros((2, 2, 2)), np.full(2, CHUNK), np.array([CHUNK, CHUNK]), start, THROUGHPUT,
+                        budget_bytes=CHUNK / 2)

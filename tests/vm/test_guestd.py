@@ -165,7 +165,7 @@ def test_the_damos_policys_schemes_promote_a_busy_buffer_in_the_kernel(booted: C
         nodes = tuple(NodeView(node.id, node.total_bytes, node.free_bytes, node.cpus, node.tier,
                                node.hmat.read_latency_ns if node.hmat else None, None, None, None)
                       for node in guest.nodes())
-        context = PolicyContext("", {}, nodes, 1.0, 64 * MIB, 0.005, "", (), Path("/nonexistent"))
+        context = PolicyContext("", {}, nodes, 1.0, 64 * MIB, 0.005, (), Path("/nonexistent"))
         assert numa_maps_bytes(vm, pid, buffers["busy"]).get(CXL, 0) >= 0.9 * buffers["busy"].size
         damos = guest.damos(Damos().setup(context).damos)  # per-node kdamonds, quota weights, young filters
         # DAMON finds the last hot pages of the 2 GiB node slowly (its regions split at random): most is enough.
