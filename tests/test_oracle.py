@@ -192,7 +192,7 @@ def reference_lp(costs: Array, chunk_bytes: Array, capacity: Array, start: Array
         equal[k * chunks + c, index[k, c]] = 1.0
     result = linprog(objective, A_ub=np.array(upper), b_ub=np.array(limits), A_eq=equal,
                      b_eq=np.ones(epochs * chunks), bounds=(0.0, 1.0), method="highs")
-    assert result.status == 0, result.message
+    assert result.status == 0 and result.fun is not None, result.message
     return float(result.fun)
 
 
