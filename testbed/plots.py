@@ -1,7 +1,8 @@
 """The report's figures (PNG, matplotlib's Agg canvas; no pyplot, so no global figure state).
 
-- ``modeled-time.png``: per policy, access and migration time as stacked bars
-  (whiskers: min to max over repeats), the lower bound and the oracle as lines.
+- ``modeled-time.png``: per policy, the median's access and migration time as
+  stacked bars, every repeat as a dot (hollow: a failed run), the lower bound
+  and both oracles (budgeted, unbudgeted) as lines.
 - ``residency-<policy>.png``: per region, the share of its bytes on each node,
   epoch by epoch (the policy's first run; the oracle's placement too).
 - ``access-heat.png``: accesses per page per second for every chunk and epoch
@@ -21,7 +22,7 @@ from matplotlib.figure import Figure
 
 from testbed.model import System
 from testbed.rundir import Run
-from testbed.score import ORACLE, Array, Oracle, RunData, placed_shares
+from testbed.score import ORACLE, ORACLE_UNBUDGETED, Array, Oracle, RunData, placed_shares
 from testbed.summary import Reference, Summary
 from testbed.timeline import RunStatus
 from testbed.values import PolicyKind
@@ -83,13 +84,15 @@ def _modeled_time(summary: Summary) -> Figure:
     hatches = ["//" if policy.status != RunStatus.OK else "" for _, policy in rows]
     axes.bar(positions, access, label="access", color="tab:blue", hatch=hatches)
     axes.bar(positions, migration, bottom=access, label="migration", color="tab:orange", hatch=hatches)
-    spread = np.array([policy.spread.get("modeled_time_s", (total, total))
-                       for (_, policy), total in zip(rows, access + migration, strict=True)]).reshape(-1, 2)
-    if rows and (spread[:, 1] > spread[:, 0]).any():
-        axes.errorbar(positions, access + migration, yerr=np.abs(spread.T - access - migration), fmt="none",
-                      ecolor="black", capsize=4, label="min-max over repeats")
-    bounds = [("lower bound (all fast)", summary.lower_bound_s, "--"),
-              (f"{ORACLE} (upper bound)", summary.policies[ORACLE].metrics.modeled_time_s, ":")]
+    for position, (_, policy) in zip(positions, rows, strict=True):
+        for run in policy.repeats:
+            if run.metrics.modeled_time_s is not None:
+                finished = run.status == RunStatus.OK
+                axes.plot(position, run.metrics.modeled_time_s, "o", markersize=4, color="black",
+                          fillstyle="full" if finished else "none")
+    bounds = [("lower bound (all fast)", summary.lower_bound_s, "--")]
+    bounds += [(f"{name} (upper bound)", summary.policies[name].metrics.modeled_time_s, style)
+               for name, style in ((ORACLE, ":"), (ORACLE_UNBUDGETED, "-.")) if name in summary.policies]
     for label, value, style in bounds:
         if value is not None:
             axes.axhline(value, color="black", linestyle=style, label=label)

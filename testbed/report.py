@@ -3,30 +3,38 @@
 ``write_results`` is the entry point the runner and ``llamas report`` call: it
 reads the run directory (testbed.rundir), summarizes it (testbed.summary) and
 writes summary.json, report.md (what was run, the results against the bounds,
-the notes, the policies' costs, the plots) and plots/ (testbed.plots) beside
-the records.
+each comparison in words, what the texts added over the text-blind twins, the
+kernel settings every run started from, the notes, the policies' costs, the
+plots) and plots/ (testbed.plots) beside the records.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 from testbed import plots
+from testbed.compare import Comparison
 from testbed.rundir import PLOTS_DIR, Manifest, load_system, read_manifest, read_runs, write_report, write_summary
-from testbed.score import ORACLE
+from testbed.score import BOUNDS, ORACLE, ORACLE_UNBUDGETED
+from testbed.stats import MIN_REPEATS, fixed, words
 from testbed.summary import (
     MIB,
     REFERENCE_POLICY,
     PolicySummary,
     Summary,
     choose_reference,
-    solve_oracle,
+    solve_bounds,
     summarize,
 )
 from testbed.table import markdown_table, render_table
 from testbed.timeline import RunStatus
 from testbed.units import format_bandwidth
 from testbed.values import PolicyKind
+
+NOISE = (f"A difference is beyond noise when the 95% bootstrap interval of the difference of medians excludes 0 and "
+         f"both sides ran at least {MIN_REPEATS} times; otherwise the report says \"within noise\" (or \"noise "
+         "unknown\" with a single run) and ranks nothing.")
 
 
 def write_results(run_dir: Path, with_plots: bool = True) -> Summary:
@@ -35,39 +43,54 @@ def write_results(run_dir: Path, with_plots: bool = True) -> Summary:
     system = load_system(run_dir, manifest.system)
     runs = read_runs(run_dir, system)
     reference = choose_reference(runs, manifest.policies)
-    best = solve_oracle(reference, manifest.migration_throughput)
-    summary = summarize(manifest, system, runs, reference, best)
+    bounds = solve_bounds(reference, manifest.migration_throughput, manifest.migration_budget)
+    summary = summarize(manifest, system, runs, reference, bounds)
     write_summary(run_dir, summary.json())
-    written = (plots.write_plots(run_dir / PLOTS_DIR, summary, system, plots.plot_inputs(runs, reference, best))
-               if with_plots else [])
+    written = (plots.write_plots(run_dir / PLOTS_DIR, summary, system,
+                                 plots.plot_inputs(runs, reference, bounds.budgeted)) if with_plots else [])
     write_report(run_dir, render_report(summary, manifest, [path.relative_to(run_dir) for path in written]))
     return summary
 
 
 def result_table(summary: Summary) -> str:
-    """The result table for a terminal."""
-    headers = ("policy", "kind", "status", "time s", "access s", "migr s", "x lower", "x oracle", "migrated",
-               "decided", "rejected", "late")
-    rows = [_row(name, policy, terminal=True) for name, policy in summary.policies.items()]
+    """The result table for a terminal: medians, intervals, gaps and comparisons in words."""
+    headers = ("policy", "kind", "runs", "time s", "95% interval", "gap closed", "vs best baseline",
+               "vs text-blind twin")
+    rows = [[_label(name, policy), policy.kind or "?", _runs(policy), _seconds(policy.metrics.modeled_time_s),
+             _interval(policy), _percent(policy.comparisons.gap_closed),
+             _against(policy.comparisons.vs_best_baseline), _text(policy.comparisons.text_contribution)]
+            for name, policy in summary.policies.items()]
     return render_table(headers, [*rows, _lower_bound_row(summary, len(headers))])
 
 
 def render_report(summary: Summary, manifest: Manifest, plot_files: list[Path]) -> str:
-    """report.md: what was run, the results, notes and plots."""
-    headers = ("Policy", "Kind", "Status", "Modeled time (s)", "Access (s)", "Migration (s)", "x lower bound",
-               "x oracle", "Migrated", "Pages", "Decisions", "Actions", "Rejected", "Late decisions", "Late epochs")
-    rows = [_row(name, policy, terminal=False) for name, policy in summary.policies.items()]
+    """report.md: what was run, the results, the comparisons, the kernel settings, notes and plots."""
+    headers = ("Policy", "Kind", "Runs", "Modeled time (s), median", "95% interval", "Range", "Access (s)",
+               "Migration (s)", "x oracle", "Gap closed", "Migrated", "Pages", "Decisions", "Actions", "Rejected",
+               "Late decisions", "Late epochs")
+    rows = [_row(name, policy) for name, policy in summary.policies.items()]
     lines = [f"# {summary.experiment} on {summary.system}", "", "## What was run", "",
              markdown_table(("", ""), _run_facts(summary, manifest)), "", "## Results", "",
              "Modeled memory time: ground-truth reads and writes times the latency of the node each chunk was "
-             "on, plus migrated bytes over the migration throughput. Lower is better. The oracle is an upper "
-             "bound on what any policy can achieve, not a policy that ran.", "",
-             *_headline(summary), "", markdown_table(headers, [*rows, _lower_bound_row(summary, len(headers))])]
+             "on, plus migrated bytes over the migration throughput. Lower is better. Each figure is the median "
+             "over the policy's finished runs, with the 95% bootstrap interval of that median and the range of "
+             "the runs. The oracle is an upper bound on what any policy can achieve under the same migration "
+             "budget, not a policy that ran; gap closed is the share of first touch's distance to it that a "
+             "policy closed.", "", *_headline(summary), "",
+             markdown_table(headers, [*rows, _lower_bound_row(summary, len(headers))]),
+             "", "## Comparisons", "", NOISE, "", *_comparison_lines(summary)]
+    text = _text_lines(summary)
+    if text:
+        lines += ["", "## What the texts add", "",
+                  "Each LLM policy beside its text-blind twin: the same code given HMAT alone, the device and "
+                  "system texts withheld. Faster than the twin means reading the texts helped.", "", *text]
+    lines += ["", "## Kernel settings", "", "What each run started from, read back from the guest after the "
+              "policy's setup; every run should show the same.", "", _kernel_table(summary)]
     if summary.notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in summary.notes)]
     usage = _usage_rows(summary)
     if usage:
-        lines += ["", "## Policy costs", "", markdown_table(("Policy", "Measure", "Mean"), usage)]
+        lines += ["", "## Policy costs", "", markdown_table(("Policy", "Measure", "Median"), usage)]
     if plot_files:
         lines += ["", "## Plots", "", *(f"![{path.stem}]({path.as_posix()})" for path in plot_files)]
     return "\n".join(lines) + "\n"
@@ -77,50 +100,83 @@ def render_report(summary: Summary, manifest: Manifest, plot_files: list[Path]) 
 
 
 def _headline(summary: Summary) -> list[str]:
-    """The comparisons that place a result: lower bound, first touch, the best baseline, the oracle."""
-    entries: list[tuple[str, float | None]] = [("lower bound (all fast)", summary.lower_bound_s)]
-    first_touch = summary.policies.get(REFERENCE_POLICY)
-    if first_touch is not None:
-        entries.append((REFERENCE_POLICY, first_touch.metrics.modeled_time_s))
-    baselines = [(value, name) for name, policy in summary.policies.items()
-                 if policy.kind == PolicyKind.BASELINE and policy.status == RunStatus.OK
-                 and (value := policy.metrics.modeled_time_s) is not None]
-    if baselines:
-        value, name = min(baselines)
-        entries.append((f"best baseline ({name})", value))
-    entries.append(("oracle (upper bound)", summary.policies[ORACLE].metrics.modeled_time_s))
-    return [f"- {label}: {_seconds(value)} s" for label, value in entries]
+    """The figures that place a result: lower bound, first touch, the best baseline, the bounds."""
+    entries: list[tuple[str, str]] = [("lower bound (all fast)", f"{_seconds(summary.lower_bound_s)} s")]
+    named = [(REFERENCE_POLICY, REFERENCE_POLICY), (f"best baseline ({summary.best_baseline})", summary.best_baseline),
+             ("oracle (upper bound, budgeted)", ORACLE), ("oracle without a budget", ORACLE_UNBUDGETED)]
+    for label, name in named:
+        policy = summary.policies.get(name) if name else None
+        if policy is not None:
+            entries.append((label, _seconds_with_interval(policy)))
+    return [f"- {label}: {value}" for label, value in entries]
 
 
-def _row(name: str, policy: PolicySummary, terminal: bool) -> list[object]:
+def _comparison_lines(summary: Summary) -> list[str]:
+    lines = []
+    for name, policy in summary.policies.items():
+        against = policy.comparisons.vs_best_baseline
+        if against is not None:
+            lines.append(f"- {name} against the best baseline ({against.other}): {_against(against)}.")
+    return lines or ["- no baseline finished, so nothing is compared."]
+
+
+def _text_lines(summary: Summary) -> list[str]:
+    return [f"- {name} against {found.other}: {_text(found)}." for name, policy in summary.policies.items()
+            if (found := policy.comparisons.text_contribution) is not None]
+
+
+def _kernel_table(summary: Summary) -> str:
+    """One row per distinct starting state, naming the runs that had it."""
+    runs = [run for policy in summary.policies.values() for run in policy.repeats]
+    knobs = sorted({knob for run in runs for knob in run.kernel})
+    groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for run in runs:
+        state = (*(run.kernel.get(knob, "-") for knob in knobs), "yes" if run.barrier else "no")
+        groups[state].append(run.run.removeprefix("runs/"))
+    rows = [(*state, ", ".join(names)) for state, names in groups.items()]
+    return markdown_table((*knobs, "epoch barrier", "runs"), rows)
+
+
+def _row(name: str, policy: PolicySummary) -> list[object]:
     metrics = policy.metrics
-    label = f"{name} (upper bound)" if policy.kind == PolicyKind.BOUND else name
+    spread = policy.spread.get("modeled_time_s")
+    return [_label(name, policy), policy.kind or "?", _runs(policy), _seconds(metrics.modeled_time_s),
+            _interval(policy), "-" if spread is None or policy.runs < MIN_REPEATS
+            else f"{_seconds(spread[0])}-{_seconds(spread[1])}",
+            _seconds(metrics.access_time_s), _seconds(metrics.migration_time_s), _fixed(metrics.ratio_to_oracle),
+            _percent(policy.comparisons.gap_closed), _mib(metrics.migrated_bytes), _count(metrics.migrated_pages),
+            _count(metrics.decisions), _count(metrics.actions), _count(metrics.rejected),
+            _count(metrics.late_decisions), _count(metrics.late_epochs)]
+
+
+def _label(name: str, policy: PolicySummary) -> str:
+    if name == ORACLE:
+        return f"{name} (upper bound)"
+    return f"{name} (bound)" if policy.kind == PolicyKind.BOUND else name
+
+
+def _runs(policy: PolicySummary) -> str:
+    """'5', '4 of 5 (1 failed)', 'failed (partial)'; a bound's '-'."""
+    if not policy.repeats:
+        return "-" if policy.name in BOUNDS and policy.status == RunStatus.OK else "none"
     failed = sum(run.status != RunStatus.OK for run in policy.repeats)
-    status = ("failed (partial)" if policy.partial else
-              f"{failed} of {len(policy.repeats)} failed" if failed else policy.status)
-    times = [_with_spread(metrics.modeled_time_s, policy.spread.get("modeled_time_s")),
-             _seconds(metrics.access_time_s), _seconds(metrics.migration_time_s),
-             _fixed(metrics.ratio_to_lower_bound), _fixed(metrics.ratio_to_oracle), _mib(metrics.migrated_bytes)]
-    if terminal:
-        return [label, policy.kind or "?", status, *times, _count(metrics.decisions), _count(metrics.rejected),
-                _count(metrics.late_decisions)]
-    return [label, policy.kind or "?", status, *times, _count(metrics.migrated_pages), _count(metrics.decisions),
-            _count(metrics.actions), _count(metrics.rejected), _count(metrics.late_decisions),
-            _count(metrics.late_epochs)]
+    if policy.partial:
+        return f"0 of {len(policy.repeats)} (partial)"
+    return f"{len(policy.repeats) - failed} of {len(policy.repeats)} ({failed} failed)" if failed else str(
+        len(policy.repeats))
 
 
 def _lower_bound_row(summary: Summary, width: int) -> list[object]:
-    known = summary.lower_bound_s is not None
-    row: list[object] = ["lower bound (all fast)", "bound", "ok" if known else "-", _seconds(summary.lower_bound_s),
-                         "-", "-", _fixed(1.0) if known else "-"]
+    row: list[object] = ["lower bound (all fast)", "bound", "-", _seconds(summary.lower_bound_s)]
     return row + ["-"] * (width - len(row))
 
 
 def _run_facts(summary: Summary, manifest: Manifest) -> list[tuple[str, str]]:
     epochs = f"{summary.epochs} x {summary.interval_s:g} s" if summary.interval_s else str(summary.epochs)
+    budget = "-" if summary.migration_budget is None else f"{summary.migration_budget / MIB:g}MiB per interval"
     return [("experiment", summary.experiment), ("system", summary.system), ("workload", summary.workload or "-"),
-            ("epochs", epochs), ("policies", ", ".join(name for name in summary.policies if name != ORACLE)),
-            ("migration throughput", format_bandwidth(summary.migration_throughput)),
+            ("epochs", epochs), ("policies", ", ".join(name for name in summary.policies if name not in BOUNDS)),
+            ("migration budget", budget), ("migration throughput", format_bandwidth(summary.migration_throughput)),
             ("reference run", summary.reference_run or "-"), *manifest.facts]
 
 
@@ -129,10 +185,30 @@ def _usage_rows(summary: Summary) -> list[tuple[str, str, str]]:
             if policy.kind != PolicyKind.BOUND for key, value in policy.usage.items()]
 
 
-def _with_spread(value: float | None, spread: tuple[float, float] | None) -> str:
-    if spread is None or spread[0] == spread[1]:
-        return _seconds(value)
-    return f"{_seconds(value)} ({_seconds(spread[0])}-{_seconds(spread[1])})"
+def _against(found: Comparison | None) -> str:
+    if found is None:
+        return "-"
+    return "no finished run to compare" if found.difference is None else words(found.difference)
+
+
+def _text(found: Comparison | None) -> str:
+    """Said from the LLM policy's side: faster than its twin means the texts helped."""
+    if found is None:
+        return "-"
+    return "no finished run to compare" if found.difference is None else words(found.difference.flipped())
+
+
+def _seconds_with_interval(policy: PolicySummary) -> str:
+    value = _seconds(policy.metrics.modeled_time_s)
+    interval = _interval(policy)
+    return f"{value} s" + ("" if interval == "-" else f" [{interval}], {_runs(policy)} runs")
+
+
+def _interval(policy: PolicySummary) -> str:
+    if policy.interval_95 is None or policy.runs < MIN_REPEATS:
+        return "-"
+    low, high = fixed(policy.interval_95)
+    return f"{low}-{high}"
 
 
 def _seconds(value: float | None) -> str:
@@ -141,6 +217,10 @@ def _seconds(value: float | None) -> str:
 
 def _fixed(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
 
 
 def _mib(value: float | None) -> str:

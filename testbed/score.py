@@ -41,7 +41,9 @@ Indices = npt.NDArray[np.intp]
 Flags = npt.NDArray[np.bool_]
 
 NS = 1e-9
-ORACLE = "oracle"  # the oracle's name among the policies of a summary
+ORACLE = "oracle"  # the oracle's name among the policies of a summary: held to the policies' migration budget
+ORACLE_UNBUDGETED = "oracle-unbudgeted"  # the same oracle moving without limit
+BOUNDS = (ORACLE, ORACLE_UNBUDGETED)
 
 
 class TimelineError(ValueError):

@@ -1,28 +1,39 @@
-"""An experiment's summary: every run scored, each policy's runs aggregated, the oracle and the notes.
+"""An experiment's summary: every run scored, each policy's runs aggregated, the bounds, the comparisons, the notes.
 
-``summary.json`` (format 1)::
+``summary.json`` (format 2)::
 
-    {"format": 1,
+    {"format": 2,
      "experiment": str, "system": str, "workload": str | null,
      "interval_s": float, "epochs": int,         # of the reference run
      "lower_bound_s": float | null,              # every chunk on its fastest node, no capacity, no migration
      "migration_throughput": float,              # bytes/s that migration time is charged at
+     "migration_budget": int | null,             # bytes a policy (and the oracle) may move per interval
      "reference_run": str | null,                # "runs/first-touch": the run whose ground truth, start
                                                  # placement and node sizes the lower bound and oracle use
-     "notes": [str, ...],                        # failed runs, caveats, the oracle's capacities
+     "best_baseline": str | null,                # the baseline with the lowest median
+     "notes": [str, ...],                        # failed runs, differing kernel settings, late epochs, bounds
      "policies": {NAME: {
-        "kind": "baseline" | "llm" | "bound" | null,   # null: no run of it could be read
+        "kind": "baseline" | "llm" | "twin" | "bound" | null,   # null: no run of it could be read
         "status": "ok" | "failed",               # failed if any of its runs failed (or none exists)
         "reason": str | null,                    # "runs/NAME-r2: why; ..." for each failed run
         "partial": bool,                         # no run finished: the figures are from runs cut short
-        METRICS,                                 # the mean over its finished runs (all runs if none finished)
-        "usage": {str: float},                   # the policy's own costs (LLM calls, tokens, ...), mean
+        "runs": int,                             # runs its figures are the median of
+        METRICS,                                 # the median over its finished runs (all runs if none finished)
+        "interval_95": [low, high] | null,       # bootstrap interval of the median modeled time
+        "gap_closed": float | null,              # share of first touch's distance to the oracle it closed
+        "vs_best_baseline": COMPARISON | null,   # "baseline": NAME; difference = median(this) - median(it)
+        "text_contribution": COMPARISON | null,  # an LLM policy's: "twin": NAME; median(twin) - median(this)
+        "usage": {str: float},                   # the policy's own costs (LLM calls, tokens, ...), median
         "spread": {METRIC: [min, max]},          # over the same runs
         "repeats": [{"run": "runs/NAME-r2", "repeat": int, "status": ..., "reason": ...,
+                     "kernel": {knob: value}, "barrier": bool, "wait_s": float,
                      METRICS, "usage": {...}}, ...]}},
     }
 
-METRICS are ``modeled_time_s``, ``access_time_s``, ``migration_time_s`` (seconds),
+COMPARISON is ``{"difference_s": float, "interval_95": [low, high],
+"beyond_noise": bool}`` (testbed.stats: beyond noise when the interval
+excludes 0 and both sides ran at least twice). METRICS are
+``modeled_time_s``, ``access_time_s``, ``migration_time_s`` (seconds),
 ``migrated_bytes``, ``migrated_pages``, ``decisions`` (intervals the policy
 decided), ``actions`` (sent to the guest), ``rejected`` (refused by the
 validator), ``late_decisions`` (missed the deadline), ``late_epochs`` (the
@@ -30,37 +41,32 @@ workload fell behind), ``epochs``, ``ratio_to_lower_bound`` (against the bound
 over the run's own epochs), ``ratio_to_oracle`` (null for a run that did not
 cover the oracle's epochs) and ``unsampled_chunks`` (chunk-epochs with no
 residency sample, charged on the slowest node); any may be null when not
-measured. The oracle is the policy ``"oracle"`` of kind ``"bound"``: an upper
-bound on what a policy can achieve, never a policy that ran. It has no repeats
-and adds ``capacity_bytes`` ({node: bytes it may hold}), ``headroom_bytes`` and
-``lp_rounds`` (master LPs solved); its ``usage`` holds ``solve_seconds``.
+measured. The bounds are policies of kind ``"bound"``, never policies that
+ran: ``"oracle"`` moves at most ``migration_budget`` per interval as the
+policies may, and is what ratios and gaps are measured against;
+``"oracle-unbudgeted"`` moves without limit. Each has no repeats and adds
+``capacity_bytes`` ({node: bytes it may hold}), ``headroom_bytes``,
+``budget_bytes`` and ``lp_rounds`` (master LPs solved); its ``usage`` holds
+``solve_seconds``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-import numpy as np
-
+from testbed.compare import Comparisons, best_baseline, compare
 from testbed.model import System
+from testbed.notes import notes
 from testbed.oracle import OracleError
 from testbed.rundir import Manifest, Record, Run
-from testbed.score import (
-    ORACLE,
-    Oracle,
-    TimelineError,
-    lower_bound_s,
-    oracle,
-    placed_shares,
-    score,
-)
+from testbed.score import ORACLE, ORACLE_UNBUDGETED, Oracle, TimelineError, lower_bound_s, oracle, score
+from testbed.stats import median, median_interval
 from testbed.timeline import RunStatus
-from testbed.units import format_bandwidth
 from testbed.values import PolicyKind
 
-SUMMARY_FORMAT = 1
-REFERENCE_POLICY = "first-touch"  # the oracle starts where first touch put the pages
+SUMMARY_FORMAT = 2
+REFERENCE_POLICY = "first-touch"  # the oracle starts where first touch put the pages, and gaps are measured from it
 MIB = 2**20
 
 
@@ -97,9 +103,13 @@ class RunResult:
     reason: str | None
     metrics: Metrics
     usage: dict[str, float]
+    kernel: dict[str, str] = field(default_factory=dict)  # the kernel settings it started from, as read back
+    barrier: bool = False  # the workload waited for the loop at every epoch boundary
+    wait_s: float = 0.0  # how long the workload was held at the barrier in all
 
     def json(self) -> dict[str, Any]:
         return {"run": self.run, "repeat": self.repeat, "status": self.status, "reason": self.reason,
+                "kernel": self.kernel, "barrier": self.barrier, "wait_s": self.wait_s,
                 **self.metrics.json(), "usage": self.usage}
 
 
@@ -110,16 +120,26 @@ class PolicySummary:
     status: RunStatus
     reason: str | None
     partial: bool
-    metrics: Metrics  # the mean over the runs counted
+    metrics: Metrics  # the median over the runs counted
     spread: dict[str, tuple[float, float]]
     usage: dict[str, float]
     repeats: tuple[RunResult, ...]
-    extra: dict[str, Any] = field(default_factory=dict)  # the oracle's capacities and LP size
+    interval_95: tuple[float, float] | None = None  # of the median modeled time
+    comparisons: Comparisons = field(default_factory=Comparisons)
+    extra: dict[str, Any] = field(default_factory=dict)  # a bound's capacities, budget and LP size
+
+    @property
+    def runs(self) -> int:
+        """How many runs the figures are the median of (a bound: its one solution)."""
+        if not self.repeats:
+            return int(self.metrics.modeled_time_s is not None)
+        return sum(run.status == RunStatus.OK for run in self.repeats) or len(self.repeats)
 
     def json(self) -> dict[str, Any]:
         return {"kind": self.kind, "status": self.status, "reason": self.reason, "partial": self.partial,
-                **self.metrics.json(), "usage": self.usage,
-                "spread": {name: list(bounds) for name, bounds in self.spread.items()},
+                "runs": self.runs, **self.metrics.json(),
+                "interval_95": list(self.interval_95) if self.interval_95 else None, **self.comparisons.json(),
+                "usage": self.usage, "spread": {name: list(bounds) for name, bounds in self.spread.items()},
                 "repeats": [run.json() for run in self.repeats], **self.extra}
 
 
@@ -132,15 +152,18 @@ class Summary:
     epochs: int
     lower_bound_s: float | None
     migration_throughput: float
+    migration_budget: int | None
     reference_run: str | None
+    best_baseline: str | None
     notes: tuple[str, ...]
-    policies: dict[str, PolicySummary]  # the experiment's order, then the oracle
+    policies: dict[str, PolicySummary]  # the experiment's order, then the bounds
 
     def json(self) -> dict[str, Any]:
         return {"format": SUMMARY_FORMAT, "experiment": self.experiment, "system": self.system,
                 "workload": self.workload, "interval_s": self.interval_s, "epochs": self.epochs,
                 "lower_bound_s": self.lower_bound_s, "migration_throughput": self.migration_throughput,
-                "reference_run": self.reference_run, "notes": list(self.notes),
+                "migration_budget": self.migration_budget, "reference_run": self.reference_run,
+                "best_baseline": self.best_baseline, "notes": list(self.notes),
                 "policies": {name: policy.json() for name, policy in self.policies.items()}}
 
 
@@ -152,7 +175,15 @@ class Reference:
     record: Record
 
 
-# ---- choosing the reference and the oracle ----
+@dataclass(frozen=True)
+class Bounds:
+    """The oracle held to the policies' budget, and the same without one; or why there is none."""
+
+    budgeted: Oracle | str  # the summary's "oracle"; unbudgeted if the manifest records no budget
+    unbudgeted: Oracle | str | None  # None when the budgeted one already moves without limit
+
+
+# ---- choosing the reference and the bounds ----
 
 
 def choose_reference(runs: list[Run], order: tuple[str, ...]) -> Reference | None:
@@ -168,13 +199,20 @@ def choose_reference(runs: list[Run], order: tuple[str, ...]) -> Reference | Non
     return Reference(best.path, best.record) if best is not None and best.record is not None else None
 
 
-def solve_oracle(reference: Reference | None, throughput: float) -> Oracle | str:
-    """The oracle for the reference run, or why there is none."""
+def solve_bounds(reference: Reference | None, throughput: float, budget: int | None) -> Bounds:
+    """The oracle for the reference run under ``budget`` bytes per interval, and without a budget."""
+    if budget is None:
+        return Bounds(_solve(reference, throughput, None), None)
+    return Bounds(_solve(reference, throughput, budget), _solve(reference, throughput, None))
+
+
+def _solve(reference: Reference | None, throughput: float, budget: int | None) -> Oracle | str:
     if reference is None:
         return "no run has a readable record to take the ground truth from"
     record = reference.record
     try:
-        return oracle(record.data, record.costs, record.timeline.start, throughput)
+        return oracle(record.data, record.costs, record.timeline.start, throughput,
+                      budget_bytes=None if budget is None else float(budget))
     except (OracleError, TimelineError) as error:
         return str(error)
 
@@ -183,22 +221,30 @@ def solve_oracle(reference: Reference | None, throughput: float) -> Oracle | str
 
 
 def summarize(manifest: Manifest, system: System, runs: list[Run], reference: Reference | None,
-              best: Oracle | str) -> Summary:
-    """Every run scored, each policy's runs aggregated in the experiment's order, then the oracle."""
+              bounds: Bounds) -> Summary:
+    """Every run scored, each policy's runs aggregated in the experiment's order, then the bounds, compared."""
     throughput = manifest.migration_throughput
+    best = bounds.budgeted
     oracle_s = best.modeled_time_s if isinstance(best, Oracle) else None
     epochs = reference.record.data.epochs if reference else 0
     results = [_result(run, throughput, oracle_s, epochs) for run in runs]
-    names = [name for name in manifest.policies if name != ORACLE]
+    names = [name for name in manifest.policies if name not in (ORACLE, ORACLE_UNBUDGETED)]
     names += sorted({run.policy for run in runs} - set(names))
     policies = {name: _policy(name, [result for result in results if result.policy == name]) for name in names}
     lower = lower_bound_s(reference.record.costs) if reference else None
-    policies[ORACLE] = _oracle_summary(best, reference, lower)
+    policies[ORACLE] = _bound_summary(ORACLE, best, reference, lower, oracle_s)
+    if bounds.unbudgeted is not None:
+        policies[ORACLE_UNBUDGETED] = _bound_summary(ORACLE_UNBUDGETED, bounds.unbudgeted, reference, lower, oracle_s)
+    times = {name: _finished_times(policy) for name, policy in policies.items()}
+    kinds = {name: policy.kind for name, policy in policies.items()}
+    compared = compare(times, kinds, dict(manifest.twins), REFERENCE_POLICY, oracle_s)
+    policies = {name: replace(policy, comparisons=compared[name]) for name, policy in policies.items()}
     interval = manifest.interval_s or (reference.record.timeline.start.interval_s if reference else None)
     return Summary(experiment=manifest.experiment, system=system.name, workload=manifest.workload,
                    interval_s=interval, epochs=epochs, lower_bound_s=lower, migration_throughput=throughput,
-                   reference_run=reference.path if reference else None,
-                   notes=tuple(_notes(manifest, system, runs, results, reference, best)), policies=policies)
+                   migration_budget=manifest.migration_budget, reference_run=reference.path if reference else None,
+                   best_baseline=best_baseline(times, kinds),
+                   notes=tuple(notes(manifest, system, runs, results, reference, bounds)), policies=policies)
 
 
 def _result(run: Run, throughput: float, oracle_s: float | None, oracle_epochs: int) -> RunResult:
@@ -219,7 +265,17 @@ def _result(run: Run, throughput: float, oracle_s: float | None, oracle_epochs: 
         unsampled_chunks=len(measured.unsampled))
     reason = None if run.status == RunStatus.OK else timeline.end.reason or "failed"
     return RunResult(run.path, run.policy, timeline.start.kind, run.repeat, run.status, reason, metrics,
-                     dict(timeline.end.usage))
+                     dict(timeline.end.usage), dict(timeline.start.kernel), timeline.start.barrier,
+                     sum(record.wait_s for record in timeline.epochs))
+
+
+def _finished_times(policy: PolicySummary) -> list[float]:
+    """What comparisons use: the modeled times of finished runs (a run cut short scored fewer epochs, and
+    would pass for a win); a bound's one value."""
+    if not policy.repeats:
+        return [] if policy.metrics.modeled_time_s is None else [policy.metrics.modeled_time_s]
+    return [value for run in policy.repeats if run.status == RunStatus.OK
+            and (value := run.metrics.modeled_time_s) is not None]
 
 
 def _policy(name: str, results: list[RunResult]) -> PolicySummary:
@@ -228,127 +284,38 @@ def _policy(name: str, results: list[RunResult]) -> PolicySummary:
                              ())
     results = sorted(results, key=lambda result: result.repeat)
     failed = [result for result in results if result.status != RunStatus.OK]
-    counted = [result for result in results if result.status == "ok"] or results
+    counted = [result for result in results if result.status == RunStatus.OK] or results
     values = {f.name: [value for result in counted if (value := getattr(result.metrics, f.name)) is not None]
               for f in fields(Metrics)}
     usage_keys = sorted({key for result in counted for key in result.usage})
+    times = values["modeled_time_s"]
     return PolicySummary(
         name=name, kind=next((result.kind for result in results if result.kind), None),
         status=RunStatus.FAILED if failed else RunStatus.OK,
         reason="; ".join(f"{result.run}: {result.reason}" for result in failed) or None,
         partial=len(failed) == len(results),
-        metrics=Metrics(**{key: float(np.mean(found)) if found else None for key, found in values.items()}),
+        metrics=Metrics(**{key: median(found) if found else None for key, found in values.items()}),
         spread={key: (float(min(found)), float(max(found))) for key, found in values.items() if found},
-        usage={key: float(np.mean([r.usage[key] for r in counted if key in r.usage])) for key in usage_keys},
-        repeats=tuple(results))
+        usage={key: median([r.usage[key] for r in counted if key in r.usage]) for key in usage_keys},
+        repeats=tuple(results), interval_95=median_interval(times) if times else None)
 
 
-def _oracle_summary(best: Oracle | str, reference: Reference | None, lower: float | None) -> PolicySummary:
+def _bound_summary(name: str, best: Oracle | str, reference: Reference | None, lower: float | None,
+                   oracle_s: float | None) -> PolicySummary:
     if isinstance(best, str) or reference is None:
-        return PolicySummary(ORACLE, PolicyKind.BOUND.value, RunStatus.FAILED, str(best), False, Metrics(), {}, {}, ())
+        return PolicySummary(name, PolicyKind.BOUND.value, RunStatus.FAILED, str(best), False, Metrics(), {}, {}, ())
     placement = best.placement
     moved = float(placement.moved_bytes.sum())
     metrics = Metrics(modeled_time_s=placement.total_s, access_time_s=placement.access_s,
                       migration_time_s=placement.migration_s, migrated_bytes=moved,
                       migrated_pages=moved / reference.record.timeline.start.page_size,
                       epochs=reference.record.data.epochs, ratio_to_lower_bound=_ratio(placement.total_s, lower),
-                      ratio_to_oracle=1.0)
+                      ratio_to_oracle=_ratio(placement.total_s, oracle_s))
     extra = {"capacity_bytes": {str(node): size for node, size in enumerate(best.capacity_bytes)},
-             "headroom_bytes": best.headroom_bytes, "lp_rounds": placement.rounds}
-    return PolicySummary(ORACLE, PolicyKind.BOUND.value, RunStatus.OK, None, False, metrics, {},
-                         {"solve_seconds": placement.solve_seconds}, (), extra)
+             "headroom_bytes": best.headroom_bytes, "budget_bytes": best.budget_bytes, "lp_rounds": placement.rounds}
+    return PolicySummary(name, PolicyKind.BOUND.value, RunStatus.OK, None, False, metrics, {},
+                         {"solve_seconds": placement.solve_seconds}, (), extra=extra)
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
     return value / base if value is not None and base else None
-
-
-# ---- notes ----
-
-
-def _notes(manifest: Manifest, system: System, runs: list[Run], results: list[RunResult],
-           reference: Reference | None, best: Oracle | str) -> list[str]:
-    notes = [_migration_note(manifest)]
-    present = {run.policy for run in runs}
-    notes += [f"{name}: no run directory (the experiment lists it)." for name in manifest.policies
-              if name not in present and name != ORACLE]
-    notes += _run_notes(runs, results)
-    if reference is not None:
-        notes += _ground_truth_notes(runs, reference)
-    if isinstance(best, str) or reference is None:
-        return [*notes, f"No oracle: {best}."]
-    return [*notes, _oracle_note(system, best, reference), *_beaten_notes(runs, results, reference, best)]
-
-
-def _migration_note(manifest: Manifest) -> str:
-    how = "; ".join(f"{key}: {value}" for key, value in manifest.migration_notes)
-    return f"Migration is charged at {format_bandwidth(manifest.migration_throughput)}" + (f" ({how})." if how
-                                                                                           else ".")
-
-
-def _run_notes(runs: list[Run], results: list[RunResult]) -> list[str]:
-    """Failed runs, unsampled chunks and the policies' own notes, run by run."""
-    notes = []
-    finished = {result.policy for result in results if result.status == "ok"}
-    for run, result in zip(runs, results, strict=True):
-        if result.status != "ok":
-            kept = (f"its {result.metrics.epochs:.0f} recorded epochs are scored" if result.metrics.epochs
-                    else "nothing was measured")
-            counted = ("the policy's figures count its finished runs only" if result.policy in finished
-                       else "the policy's figures are partial")
-            notes.append(f"{result.run} failed: {result.reason} ({kept}; {counted}).")
-        if result.metrics.unsampled_chunks:
-            notes.append(f"{result.run}: {result.metrics.unsampled_chunks:.0f} chunk-epochs had no residency "
-                         "sample and were charged as if on their slowest node.")
-        if run.record is not None:
-            notes += [f"{run.path}: {note}" for note in run.record.timeline.start.notes]
-    return notes
-
-
-def _ground_truth_notes(runs: list[Run], reference: Reference) -> list[str]:
-    """The workload is deterministic: every run should have seen the reference run's accesses."""
-    truth = reference.record.data
-    notes = []
-    for run in runs:
-        if run.record is None or run.path == reference.path:
-            continue
-        data = run.record.data
-        common = min(data.epochs, truth.epochs)
-        same_layout = data.chunk_bytes.shape == truth.chunk_bytes.shape
-        differs = (((data.reads[:common] != truth.reads[:common]) | (data.writes[:common] != truth.writes[:common]))
-                   .any(axis=1) if same_layout else np.ones(common, dtype=bool))
-        if differs.any():
-            notes.append(f"{run.path}: its ground truth differs from {reference.path}'s in {int(differs.sum())} "
-                         "epochs, so its score does not compare with the others.")
-    return notes
-
-
-def _oracle_note(system: System, best: Oracle, reference: Reference) -> str:
-    sizes = ", ".join(f"node {node.id} ({node.device.name}) {best.capacity_bytes[node.id] / MIB:.0f}MiB"
-                      for node in system.nodes)
-    return (f"The oracle starts from {reference.path}'s first measured residency and may hold on each node what "
-            f"the workload held there plus the free memory above {best.headroom_bytes / MIB:.0f}MiB of "
-            f"headroom: {sizes}.")
-
-
-def _beaten_notes(runs: list[Run], results: list[RunResult], reference: Reference, best: Oracle) -> list[str]:
-    """Why a run scored below the oracle: it can only have started elsewhere or used more memory."""
-    capacity = np.array(best.capacity_bytes, dtype=float)
-    start = placed_shares(reference.record.data, reference.record.costs)[0]
-    notes = []
-    for run, result in zip(runs, results, strict=True):
-        modeled = result.metrics.modeled_time_s
-        if (run.record is None or result.metrics.ratio_to_oracle is None or modeled is None
-                or modeled >= best.modeled_time_s * (1 - 1e-6)):
-            continue
-        data = run.record.data
-        shares = placed_shares(data, run.record.costs)
-        held = (shares * data.chunk_bytes[None, :, None]).sum(axis=1).max(axis=0)
-        reasons = [f"it held up to {held[n] / MIB:.0f}MiB on node {n}, more than the oracle's "
-                   f"{capacity[n] / MIB:.0f}MiB" for n in np.flatnonzero(held > capacity + MIB)]
-        elsewhere = float((np.abs(shares[0] - start).sum(axis=1) / 2 * data.chunk_bytes).sum())
-        if elsewhere > MIB:
-            reasons.append(f"its first epoch's placement differs from the oracle's start by {elsewhere / MIB:.0f}MiB")
-        notes.append(f"{result.run} scored below the oracle: " + ("; ".join(reasons) or
-                     "neither its start nor its memory use explains it (check its residency sampling)") + ".")
-    return notes

@@ -38,6 +38,10 @@ PAGE = 4096
 CHUNK = 2 * MiB
 PAGES_PER_CHUNK = CHUNK // PAGE
 
+# The kernel state every run starts from (testbed.orchestrator.START_STATE, as read back).
+KERNEL = {"numa_balancing": "0", "demotion_enabled": "false", "transparent_hugepage": "never",
+          "zone_reclaim_mode": "0"}
+
 Counts = Sequence[Sequence[int]]
 Residency = Sequence[Sequence[dict[int, int]]]
 
@@ -89,10 +93,11 @@ def timeline(regions: tuple[RegionLayout, ...], epochs: Sequence[EpochRecord], n
              policy: str = "first-touch", kind: str = "baseline", repeat: int = 0,
              status: RunStatus | None = RunStatus.OK,
              reason: str | None = None, usage: dict[str, float] | None = None, interval_s: float = 1.0,
-             notes: tuple[str, ...] = ()) -> Timeline:
+             notes: tuple[str, ...] = (), kernel: dict[str, str] | None = None, barrier: bool = True) -> Timeline:
     """A run's record; ``status=None`` leaves the end record out (a run cut short)."""
     start = RunStart(policy=policy, kind=kind, repeat=repeat, interval_s=interval_s, page_size=PAGE,
-                     regions=regions, nodes=node_states, notes=notes)
+                     regions=regions, nodes=node_states, notes=notes,
+                     kernel=kernel if kernel is not None else dict(KERNEL), barrier=barrier)
     end = RunEnd(status=status or RunStatus.FAILED, reason=reason, epochs=len(epochs), usage=usage or {})
     return Timeline(start, tuple(epochs), end if status else RunEnd(RunStatus.FAILED, None, len(epochs)))
 
@@ -114,11 +119,13 @@ def system(name: str) -> System:
 
 def run_directory(root: Path, system_name: str, runs: dict[str, Timeline], throughput: object = 2e9,
                   policies: Sequence[str] | None = None, cut_short: Sequence[str] = (),
+                  migration_budget: int | None = None, twins: dict[str, str] | None = None,
                   **manifest: Any) -> Path:
     """A run directory as the runner writes it: manifest, catalog copy, one timeline per run.
 
     ``runs`` maps run directory names (``first-touch``, ``llamas-r2``) to records; those named
-    in ``cut_short`` get no end record.
+    in ``cut_short`` get no end record. ``migration_budget`` (bytes per interval) and ``twins``
+    ({LLM policy: its text-blind twin}) go in the experiment as the runner records them.
     """
     catalog = root / "catalog"
     (catalog / "systems").mkdir(parents=True)
@@ -129,6 +136,10 @@ def run_directory(root: Path, system_name: str, runs: dict[str, Timeline], throu
                   "interval_s": 1.0, "policies": list(policies if policies is not None else
                                                        dict.fromkeys(r.start.policy for r in runs.values())),
                   "migration": {"throughput": throughput, "chosen": "model"}}
+    if migration_budget is not None:
+        experiment["migration_budget"] = migration_budget
+    if twins is not None:
+        experiment["twins"] = twins
     document = {"format": 1, "project": {"version": "0.1.0", "git": "abc1234"}, "qemu": "QEMU emulator 10.0.2",
                 "accelerator": {"name": "tcg"}, **manifest, "experiment": experiment}
     (root / "manifest.json").write_text(json.dumps(document, indent=2))

@@ -34,6 +34,7 @@ GiB = 2**30
 START = nodes((GiB, 64 * MiB, 4 * MiB), (2 * GiB, GiB, 2 * MiB))
 EPOCHS = 4
 THROUGHPUT = 1e11  # 2MiB move in 21us: cheap next to a hot chunk's accesses, so the oracle moves them
+BUDGET = 2 * MiB  # per interval: the oracle's swap of r1 into DRAM (4MiB moved) takes two intervals
 
 
 def run(policy: str, residency: Callable[[int], Residency], kind: str = "baseline", moved_at: int | None = None,
@@ -62,6 +63,7 @@ def experiment(root: Path, **options: Any) -> Path:
                          reason="the LLM server stopped", usage={"llm_calls": 5, "tokens": 2000}),
     }
     options.setdefault("throughput", THROUGHPUT)
+    options.setdefault("migration_budget", BUDGET)
     return run_directory(root, "dram-cxl", runs, policies=["first-touch", "hot-cold", "llamas", "oracle"], **options)
 
 
@@ -75,18 +77,21 @@ def test_report_and_table_match_golden(tmp_path: Path) -> None:
     assert all(path.read_bytes().startswith(b"\x89PNG") for path in (tmp_path / "plots").iterdir())
 
 
-def test_summary_json_holds_every_policy_the_oracle_and_the_bound(tmp_path: Path) -> None:
+def test_summary_json_holds_every_policy_both_oracles_and_the_bound(tmp_path: Path) -> None:
     write_results(experiment(tmp_path), with_plots=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert (summary["format"], summary["experiment"], summary["system"]) == (1, "synthetic", "dram-cxl")
+    assert (summary["format"], summary["experiment"], summary["system"]) == (2, "synthetic", "dram-cxl")
     assert (summary["epochs"], summary["reference_run"]) == (4, "runs/first-touch")
-    assert summary["migration_throughput"] == THROUGHPUT
-    assert list(summary["policies"]) == ["first-touch", "hot-cold", "llamas", "oracle"]
-    oracle = summary["policies"]["oracle"]
+    assert (summary["migration_throughput"], summary["migration_budget"]) == (THROUGHPUT, BUDGET)
+    assert list(summary["policies"]) == ["first-touch", "hot-cold", "llamas", "oracle", "oracle-unbudgeted"]
+    oracle, unbudgeted = summary["policies"]["oracle"], summary["policies"]["oracle-unbudgeted"]
     assert (oracle["kind"], oracle["status"], oracle["ratio_to_oracle"]) == ("bound", "ok", 1.0)
+    assert (oracle["budget_bytes"], unbudgeted["budget_bytes"]) == (BUDGET, None)
     assert oracle["capacity_bytes"] == {"0": 4 * MiB, "1": 2 * MiB + GiB - 64 * MiB}
-    assert summary["lower_bound_s"] <= oracle["modeled_time_s"]
-    for name in ("first-touch", "hot-cold", "llamas"):
+    # the budget binds: the unbudgeted oracle swaps r1 in at once and is strictly better
+    assert summary["lower_bound_s"] <= unbudgeted["modeled_time_s"] < oracle["modeled_time_s"]
+    assert unbudgeted["ratio_to_oracle"] < 1.0
+    for name in ("first-touch", "llamas"):
         policy = summary["policies"][name]
         assert policy["modeled_time_s"] >= oracle["modeled_time_s"]
         assert policy["ratio_to_oracle"] == pytest.approx(policy["modeled_time_s"] / oracle["modeled_time_s"])
@@ -110,19 +115,24 @@ def test_a_failed_repeat_is_kept_but_the_policy_counts_its_finished_runs(tmp_pat
     assert any(note.startswith("runs/llamas-r2 failed: the LLM server stopped") for note in summary.notes)
 
 
-def test_repeats_give_the_mean_the_spread_and_each_run(tmp_path: Path) -> None:
-    runs = {f"hot-cold-r{repeat}": run("hot-cold", first_touch if repeat == 1 else lambda k: [[on(0), on(0)], [on(0)]],
-                                       repeat=repeat)
-            for repeat in (1, 2)}
+def test_repeats_give_the_median_its_interval_the_spread_and_each_run(tmp_path: Path) -> None:
+    placements = {1: first_touch, 2: lambda k: [[on(0), on(0)], [on(0)]], 3: lambda k: [[on(0), on(1)], [on(0)]]}
+    runs = {
+        f"hot-cold-r{repeat}": run("hot-cold", residency, repeat=repeat)
+        for repeat, residency in placements.items()
+    }
     summary = write_results(run_directory(tmp_path, "dram-cxl", runs), with_plots=False)
     policy = summary.policies["hot-cold"]
     times = [result.metrics.modeled_time_s or 0.0 for result in policy.repeats]
-    assert [result.run for result in policy.repeats] == ["runs/hot-cold-r1", "runs/hot-cold-r2"]
-    assert times[0] > times[1]
-    assert policy.metrics.modeled_time_s == pytest.approx(sum(times) / 2)
+    assert [result.run for result in policy.repeats] == ["runs/hot-cold-r1", "runs/hot-cold-r2", "runs/hot-cold-r3"]
+    assert len(set(times)) == 3
+    assert policy.metrics.modeled_time_s == sorted(times)[1] != pytest.approx(sum(times) / 3)  # the median
     assert policy.spread["modeled_time_s"] == (min(times), max(times))
-    assert json.loads((tmp_path / "summary.json").read_text())["policies"]["hot-cold"]["spread"][
-        "modeled_time_s"] == [min(times), max(times)]
+    low, high = policy.interval_95 or (0.0, 0.0)
+    assert min(times) <= low <= sorted(times)[1] <= high <= max(times) and low < high
+    written = json.loads((tmp_path / "summary.json").read_text())["policies"]["hot-cold"]
+    assert written["spread"]["modeled_time_s"] == [min(times), max(times)]
+    assert (written["runs"], written["interval_95"]) == (3, [low, high])
 
 
 def test_a_run_cut_short_is_summarised_as_failed_with_what_it_measured(tmp_path: Path) -> None:
@@ -137,7 +147,7 @@ def test_a_run_cut_short_is_summarised_as_failed_with_what_it_measured(tmp_path:
     assert policy.reason == "runs/first-touch: the run stopped without an end record"
     assert policy.metrics.modeled_time_s is not None
     assert summary.policies["oracle"].status == "ok"
-    assert "failed (partial)" in result_table(summary)
+    assert "0 of 1 (partial)" in result_table(summary)
 
 
 def test_an_unreadable_timeline_fails_its_run_and_the_others_are_kept(tmp_path: Path) -> None:

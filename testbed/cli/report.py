@@ -7,7 +7,7 @@ from pathlib import Path
 
 from testbed.report import result_table, write_results
 from testbed.rundir import PLOTS_DIR, REPORT_FILE, SUMMARY_FILE
-from testbed.score import ORACLE
+from testbed.score import BOUNDS
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,9 +21,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def report_command(args: argparse.Namespace) -> int:
     summary = write_results(args.run_dir, with_plots=not args.no_plots)
     print(result_table(summary))
-    oracle = summary.policies[ORACLE]
-    if "solve_seconds" in oracle.usage:
-        print(f"\noracle: {oracle.usage['solve_seconds']:.2f} s to solve")
+    solved = [f"{name} {bound.usage['solve_seconds']:.2f} s" for name in BOUNDS
+              if (bound := summary.policies.get(name)) is not None and "solve_seconds" in bound.usage]
+    if solved:
+        print(f"\nsolved: {', '.join(solved)}")
     print(f"\nwritten: {args.run_dir / SUMMARY_FILE}, {args.run_dir / REPORT_FILE}"
           + ("" if args.no_plots else f", {args.run_dir / PLOTS_DIR}/"))
     return 0
