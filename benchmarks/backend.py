@@ -29,9 +29,9 @@ from policies.backend import Backend
 from policies.cost_model import NodeModel
 from policies.hot_cold import HotCold
 from testbed.table import render_table
+from testbed.units import MIB
 from testbed.values import Migrate, NodeView, Observation, PolicyContext, RegionView
 
-MIB = 2**20
 NODE_BYTES = 1024 * MIB
 BUDGET = 64 * MIB
 SAMPLE_S = 0.005

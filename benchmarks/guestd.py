@@ -28,12 +28,12 @@ from testbed.channel.client import GuestClient
 from testbed.image import build_image
 from testbed.memtouch import RegionLayout, memtouch_input, parse_output
 from testbed.table import render_table
+from testbed.units import MIB
 from testbed.values import AddressRange, MemoryPolicy, MemoryPolicyKind, Monitoring
 from testbed.vms import Vm, up
 from testbed.workload import parse_workload
 
 MEMTOUCH = "/opt/llamas/bin/memtouch"
-MIB = 1 << 20
 BUFFER = 256 * MIB
 DRAM, SLOW = 0, 1
 REGIONS = 1000

@@ -24,10 +24,10 @@ from testbed.model import PAGE_SIZE
 from testbed.oracle import solve_placement
 from testbed.score import RunData, access_costs
 from testbed.table import render_table
+from testbed.units import MIB
 from testbed.workload import Accesses, Pattern, Region, Workload, load_workload, workload_path
 
 Array = npt.NDArray[np.float64]
-MIB = 2**20
 KERNEL_BYTES = 170 * MIB  # what the guest's kernel and daemon keep of node 0
 CASES = (("hot-cold", "dram-cxl"), ("hot-cold", "three-tier"), ("capacity-pressure", "dram-cxl"),
          ("capacity-pressure", "three-tier"), ("rat", "dram-rat"), ("read-write-mix", "three-tier"))

@@ -55,10 +55,10 @@ from testbed.memtouch import RegionLayout
 from testbed.model import MemoryNode, System
 from testbed.score import RunData, access_costs, run_data, score, score_run
 from testbed.timeline import EpochRecord, Timeline, read_timeline
+from testbed.units import MIB
 from testbed.validate import validate
 from testbed.values import Action, Migrate, NodeView, Observation, PolicyContext, RegionView
 
-MIB = 2**20
 Array = npt.NDArray[np.float64]
 
 

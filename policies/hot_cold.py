@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 from policies.base import Policy
 from policies.tiers import demotion_targets, speed_order
+from testbed.ledger import HEADROOM, Ledger, MoveCost, merged
 from testbed.model import PAGE_SIZE
+from testbed.units import MIB
 from testbed.values import Action, Migrate, Observation, PolicyContext, RegionView, Setup
 
-MIB = 1 << 20
 MIN_PROMOTION = MIB
 # Where a partial move of a large region starts: successive epochs step by the golden
 # ratio, so windows spread over the whole region whatever has already moved.
@@ -41,9 +42,9 @@ class HotColdSettings:
     hot_rate: float = 0.05  # hot from here: on average one sampled access per aggregation of 20 samples
     hot_observations: int = 2  # observations in a row with a hot access rate before a promotion
     colder_ratio: float = 0.5  # demote to make room only data at most this share as hot as the newcomer
-    # Kept free on the fast node: the orchestrator refuses moves into its last 64 MiB (the
-    # kernel's reserve); the rest absorbs the error of sampled residency.
-    headroom_bytes: int = 96 * MIB
+    # Kept free on each node: the ledger's headroom (the validator refuses moves into it), and
+    # more, which absorbs the error of sampled residency.
+    headroom_bytes: int = HEADROOM + 32 * MIB
 
     def __post_init__(self) -> None:
         for name in ("smoothing", "hot_rate", "colder_ratio"):
@@ -81,11 +82,18 @@ class Plan:
     """The moves of one interval, with the budget and room they leave (estimated as the orchestrator does)."""
 
     epoch: int
-    budget: int
-    room: dict[int, int]  # node -> bytes it can still take
-    demotions: list[tuple[Migrate, int]] = field(default_factory=list)  # with how many regions each covers
-    promotions: list[tuple[Migrate, int]] = field(default_factory=list)
+    ledger: Ledger  # its room is short of each node's headroom beyond the validator's, too
+    demotions: list[Migrate] = field(default_factory=list)
+    promotions: list[Migrate] = field(default_factory=list)
     moved: set[int] = field(default_factory=set)  # region ids: one move per region and interval
+
+    @property
+    def budget(self) -> int:
+        return int(self.ledger.budget)
+
+    def room(self, node: int) -> int:
+        """Bytes ``node`` can still take (0 for a node without memory)."""
+        return int(self.ledger.room.get(node, 0))
 
     def window(self, region: Tracked, node: int, cost_limit: int) -> tuple[int, int, int] | None:
         """A page-aligned part of ``region`` whose move to ``node`` costs at most ``cost_limit``.
@@ -102,17 +110,18 @@ class Plan:
         offset = int((self.epoch * WINDOW_STEP) % 1 * (view.size - length)) // PAGE_SIZE * PAGE_SIZE
         return view.start + offset, view.start + offset + length, off * length // view.size
 
-    def add(self, moves: list[tuple[Migrate, int]], region: Tracked, part: tuple[int, int, int], node: int,
-            reason: str) -> None:
+    def add(self, moves: list[Migrate], region: Tracked, part: tuple[int, int, int], node: int, reason: str,
+            freed: dict[int, float]) -> None:
         start, end, cost = part
-        moves.append((Migrate(start, end, node, reason), 1))
-        self.budget -= cost
-        self.room[node] = self.room.get(node, 0) - cost
+        moves.append(Migrate(start, end, node, reason))
+        self.ledger.take(MoveCost(node, cost, freed))
         self.moved.add(region.view.id)
 
     def actions(self) -> list[Action]:
         """Demotions first: the promotions need the room they make."""
-        return [*_merged(self.demotions), *_merged(self.promotions)]
+        def by_address(moves: list[Migrate]) -> list[Migrate]:
+            return sorted(moves, key=lambda move: move.start)
+        return [*merged(by_address(self.demotions)), *merged(by_address(self.promotions))]
 
 
 class HotCold(Policy):
@@ -136,9 +145,10 @@ class HotCold(Policy):
         if machine is None:
             return []
         regions = self._track(sorted(observation.regions, key=lambda view: view.start))
-        headroom = self.settings.headroom_bytes
-        plan = Plan(observation.epoch, machine.budget,
-                    {node.id: node.free_bytes - headroom for node in observation.nodes})
+        ledger = Ledger.of(observation.nodes, machine.budget)
+        extra = self.settings.headroom_bytes - HEADROOM
+        ledger.room = {node: room - extra for node, room in ledger.room.items()}
+        plan = Plan(observation.epoch, ledger)
         promotions = sorted((region for region in regions if self._promotable(region, machine.fast)),
                             key=lambda region: (region.heat, region.view.age), reverse=True)
         victims = deque(sorted((region for region in regions if region.bytes_on(machine.fast) > 0),
@@ -148,11 +158,11 @@ class HotCold(Policy):
                 break
             self._make_room(plan, machine, candidate, victims)
             part = plan.window(candidate, machine.fast,
-                               min(candidate.bytes_off(machine.fast), plan.room[machine.fast], plan.budget))
-            if part is not None:
+                               min(candidate.bytes_off(machine.fast), plan.room(machine.fast), plan.budget))
+            if part is not None:  # what a promotion frees on the slow nodes is not counted on
                 plan.add(plan.promotions, candidate, part, machine.fast,
                          f"hot: access rate {candidate.heat:.3f} (smoothed), hot {candidate.hot_streak} "
-                         "observations running")
+                         "observations running", freed={})
         return plan.actions()
 
     def _track(self, views: Sequence[RegionView]) -> list[Tracked]:
@@ -176,15 +186,15 @@ class HotCold(Policy):
         """Demote the coldest data of the fast node, if clearly colder, until ``candidate`` fits."""
         fast = machine.fast
         wanted = min(candidate.bytes_off(fast), plan.budget)
-        if plan.room[fast] >= wanted:
+        if plan.room(fast) >= wanted:
             return
         # Promoting x bytes beyond the free room needs as many demoted first, from the same budget.
-        goal = min(wanted, (plan.budget + max(0, plan.room[fast])) // 2)
-        while plan.room[fast] < goal and victims and \
+        goal = min(wanted, (plan.budget + max(0, plan.room(fast))) // 2)
+        while plan.room(fast) < goal and victims and \
                 victims[0].heat <= self.settings.colder_ratio * candidate.heat:
             victim = victims[0]
             reason = f"cold: access rate {victim.heat:.3f} (smoothed), room for one at {candidate.heat:.3f}"
-            if not self._demote(plan, machine, victim, goal - plan.room[fast], reason):
+            if not self._demote(plan, machine, victim, goal - plan.room(fast), reason):
                 break  # out of budget or room elsewhere: the victim stays for a later candidate
             victims.popleft()
 
@@ -194,10 +204,10 @@ class HotCold(Policy):
         on_fast = victim.bytes_on(machine.fast)
         for node in machine.demotion_targets:
             cost_to_free = -(-need * victim.bytes_off(node) // on_fast)
-            part = plan.window(victim, node, min(cost_to_free, plan.budget, plan.room.get(node, 0)))
+            part = plan.window(victim, node, min(cost_to_free, plan.budget, plan.room(node)))
             if part is not None:
-                plan.add(plan.demotions, victim, part, node, reason)
-                plan.room[machine.fast] += on_fast * (part[1] - part[0]) // victim.view.size
+                plan.add(plan.demotions, victim, part, node, reason,
+                         freed={machine.fast: on_fast * (part[1] - part[0]) // victim.view.size})
                 return True
         return False
 
@@ -226,16 +236,3 @@ def _carried_over(views: Sequence[RegionView], memory: Sequence[Tracked]) -> lis
         carried.append((weighted / covered if covered else None, streak))
     return carried
 
-
-def _merged(moves: list[tuple[Migrate, int]]) -> list[Migrate]:
-    """Moves of adjacent ranges to one node as one action: fewer round trips to the guest."""
-    merged: list[tuple[Migrate, int]] = []
-    for move, count in sorted(moves, key=lambda item: item[0].start):
-        if merged and merged[-1][0].end == move.start and merged[-1][0].node == move.node:
-            last, total = merged[-1]
-            merged[-1] = (Migrate(last.start, move.end, last.node, last.reason), total + count)
-        else:
-            merged.append((move, count))
-    return [move if count == 1 else Migrate(move.start, move.end, move.node,
-                                            f"{move.reason} (first of {count} adjacent regions)")
-            for move, count in merged]

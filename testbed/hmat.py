@@ -16,8 +16,8 @@ from testbed.model import (
     MemoryNode,
     System,
 )
+from testbed.units import MIB
 
-MIB = 2**20
 HMAT_MAX_ENTRY = 65534  # QEMU: values may not span more than this many base units
 
 

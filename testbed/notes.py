@@ -16,12 +16,11 @@ from testbed.model import System
 from testbed.rundir import Manifest, Run
 from testbed.score import BOUNDS, Oracle, placed_shares
 from testbed.timeline import RunStatus
-from testbed.units import format_bandwidth
+from testbed.units import MIB, format_bandwidth
 
 if TYPE_CHECKING:  # the summary's own types; it calls this module, so only for the annotations
     from testbed.summary import Bounds, Reference, RunResult
 
-MIB = 2**20
 
 
 def notes(manifest: Manifest, system: System, runs: list[Run], results: list[RunResult],

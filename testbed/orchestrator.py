@@ -57,6 +57,7 @@ from testbed.timeline import (
     RunStatus,
     TimelineWriter,
 )
+from testbed.units import MIB
 from testbed.validate import validate
 from testbed.values import (
     Action,
@@ -73,7 +74,6 @@ from testbed.values import (
 )
 
 MEMTOUCH = "/opt/llamas/bin/memtouch"
-MIB = 2**20
 # Slack on top of the interval before a silent workload counts as stuck.
 EPOCH_SLACK_S = 60.0
 # Seconds memtouch may take to map and first-touch its regions under TCG (~100 MiB/s).

@@ -18,7 +18,16 @@ from testbed.accel import Accelerator
 from testbed.errors import UserError
 from testbed.hmat import hmat_entries
 from testbed.model import Emulation, MemoryNode, System
-from testbed.render_qemu import MIB, VmConfig, cxl_args, distance_args, hmat_args, network_args, nvdimm_node_args
+from testbed.render_qemu import (
+    QEMU_BINARY,
+    VmConfig,
+    cxl_args,
+    distance_args,
+    hmat_args,
+    network_args,
+    nvdimm_node_args,
+)
+from testbed.units import MIB
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NS)
@@ -119,7 +128,7 @@ def _interconnects(numa: ET.Element, system: System, cells: set[int]) -> None:
 
 def _devices(domain: ET.Element, vm: VmConfig) -> None:
     devices = ET.SubElement(domain, "devices")
-    ET.SubElement(devices, "emulator").text = "/usr/bin/qemu-system-x86_64"
+    ET.SubElement(devices, "emulator").text = f"/usr/bin/{QEMU_BINARY}"  # libvirt wants a path
     if vm.boot:
         disk = ET.SubElement(devices, "disk", type="file", device="disk")
         ET.SubElement(disk, "driver", name="qemu", type="qcow2", discard="unmap")

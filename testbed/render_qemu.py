@@ -13,9 +13,9 @@ from pathlib import Path
 from testbed.accel import Accelerator
 from testbed.hmat import HmatEntry, hmat_entries, hmat_targets
 from testbed.model import Emulation, MemoryNode, System
+from testbed.units import MIB
 
 QEMU_BINARY = "qemu-system-x86_64"
-MIB = 2**20
 CXL_FIRST_BUS = 12  # bus numbers for pxb-cxl host bridges; 10 apart leaves room for ports
 # Fixed PCI slots for the devices libvirt does not manage, clear of the low slots it fills itself.
 NIC_SLOT = 0x0A

@@ -19,7 +19,6 @@ from testbed.rundir import PLOTS_DIR, Manifest, load_system, read_manifest, read
 from testbed.score import BOUNDS, ORACLE, ORACLE_UNBUDGETED
 from testbed.stats import MIN_REPEATS, fixed, words
 from testbed.summary import (
-    MIB,
     REFERENCE_POLICY,
     PolicySummary,
     Summary,
@@ -29,7 +28,7 @@ from testbed.summary import (
 )
 from testbed.table import markdown_table, render_table
 from testbed.timeline import RunStatus
-from testbed.units import format_bandwidth
+from testbed.units import MIB, format_bandwidth
 from testbed.values import PolicyKind
 
 NOISE = (f"A difference is beyond noise when the 95% bootstrap interval of the difference of medians excludes 0 and "

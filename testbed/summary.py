@@ -67,7 +67,6 @@ from testbed.values import PolicyKind
 
 SUMMARY_FORMAT = 2
 REFERENCE_POLICY = "first-touch"  # the oracle starts where first touch put the pages, and gaps are measured from it
-MIB = 2**20
 
 
 @dataclass(frozen=True)

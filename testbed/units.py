@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+MIB = 1 << 20
+
 SIZE_UNITS = {
     "B": 1,
     "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,

@@ -23,10 +23,10 @@ from guest.guestd.kernel import Kernel
 from guest.guestd.process import PAGE_SIZE
 from guest.guestd.protocol import Output
 from guest.guestd.tracefs import Region
+from testbed.units import MIB
 
 RELEASE = "6.12.48-amd64"
 GIB = 1 << 30
-MIB = 1 << 20
 TRACEFS = "sys/kernel/tracing"
 KDAMONDS = "sys/kernel/mm/damon/admin/kdamonds"
 FIRST_KDAMOND_PID = 9000

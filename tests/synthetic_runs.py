@@ -31,11 +31,11 @@ from testbed.timeline import (
     Timeline,
     TimelineWriter,
 )
+from testbed.units import MIB
 from testbed.workload import Pattern
 
-MiB = 2**20
 PAGE = 4096
-CHUNK = 2 * MiB
+CHUNK = 2 * MIB
 PAGES_PER_CHUNK = CHUNK // PAGE
 
 # The kernel state every run starts from (testbed.orchestrator.START_STATE, as read back).
@@ -78,8 +78,8 @@ def epoch(number: int, reads: Counts, writes: Counts | None = None, residency: R
 
 
 def decision(actions: int = 0, rejected: int = 0, late: bool = False) -> Decision:
-    move = ActionRecord(ActionType.MIGRATE, "test", start=0, end=MiB, node=1)
-    return Decision(actions=tuple(Applied(move, Outcome(moved_bytes=MiB)) for _ in range(actions)),
+    move = ActionRecord(ActionType.MIGRATE, "test", start=0, end=MIB, node=1)
+    return Decision(actions=tuple(Applied(move, Outcome(moved_bytes=MIB)) for _ in range(actions)),
                     rejected=tuple(Rejected(move, "over budget") for _ in range(rejected)),
                     seconds=0.01, late=late)
 

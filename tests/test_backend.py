@@ -15,10 +15,10 @@ from policies.cost_model import NodeModel
 from policies.llamas_backend import BackendPolicy
 from policies.region_table import RegionTable
 from testbed.ledger import HEADROOM
+from testbed.units import MIB
 from testbed.validate import validate
 from testbed.values import Migrate, NodeView, Observation, PolicyContext, RegionView
 
-MIB = 2**20
 SAMPLE_S = 0.005
 BUDGET = 256 * MIB
 DRAM = NodeModel(0, 80, 80)

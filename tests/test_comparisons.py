@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from synthetic_runs import KERNEL, MiB, Residency, epoch, layout, nodes, on, run_directory, split, timeline
+from synthetic_runs import KERNEL, Residency, epoch, layout, nodes, on, run_directory, split, timeline
 
 from testbed.report import result_table, write_results
 from testbed.timeline import Timeline
+from testbed.units import MIB
 
 GiB = 2**30
-START = nodes((GiB, 64 * MiB, 4 * MiB), (2 * GiB, GiB, 2 * MiB))  # dram-cxl: node 0 holds r0's two chunks
+START = nodes((GiB, 64 * MIB, 4 * MIB), (2 * GiB, GiB, 2 * MIB))  # dram-cxl: node 0 holds r0's two chunks
 REPEATS = 3
-SWAP = 4 * MiB  # r1 into DRAM, r0's cold chunk out
+SWAP = 4 * MIB  # r1 into DRAM, r0's cold chunk out
 
 
 def run(policy: str, residency: Callable[[int], Residency], kind: str = "baseline", repeat: int = 1,
@@ -48,7 +49,7 @@ def experiment(root: Path, twin_residency: Callable[[int], Callable[[int], Resid
         found[f"llamas-r{repeat}"] = run("llamas", r1_in_dram(500 - repeat), kind="llm", repeat=repeat, moved=SWAP)
         found[f"llamas-blind-r{repeat}"] = run("llamas-blind", twin_residency(repeat), kind="twin", repeat=repeat,
                                                  moved=SWAP)
-    return run_directory(root, "dram-cxl", {**found, **runs}, throughput=1e11, migration_budget=64 * MiB,
+    return run_directory(root, "dram-cxl", {**found, **runs}, throughput=1e11, migration_budget=64 * MIB,
                          twins={"llamas": "llamas-blind"},
                          policies=["first-touch", "hot-cold", "llamas", "llamas-blind"])
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from testbed.ledger import HEADROOM, Ledger, MoveCost, Refusal, merged, move_cost, node_room
+from testbed.units import MIB
 from testbed.values import Migrate, NodeView, RegionView
-
-MIB = 2**20
 
 
 def node(node_id: int, free: int, total: int = 1024 * MIB) -> NodeView:

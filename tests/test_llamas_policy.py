@@ -21,10 +21,10 @@ from testbed.catalog import default_catalog
 from testbed.hmat import local_entry
 from testbed.ledger import HEADROOM
 from testbed.model import System
+from testbed.units import MIB
 from testbed.validate import validate
 from testbed.values import Migrate, NodeView, Observation, PolicyContext, RegionHint, RegionView
 
-MIB = 2**20
 NOT_SAID = {"quote": "not mentioned", "answer": False}
 
 

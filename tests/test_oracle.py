@@ -8,13 +8,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from scipy.optimize import linprog
-from synthetic_runs import MiB, epoch, layout, nodes, on, system, timeline
+from synthetic_runs import epoch, layout, nodes, on, system, timeline
 
 from testbed.oracle import OracleError, Placement, solve_placement
 from testbed.score import access_costs, lower_bound_s, oracle, run_data
+from testbed.units import MIB
 
 Array = npt.NDArray[np.float64]
-CHUNK = 2.0 * MiB
+CHUNK = 2.0 * MIB
 THROUGHPUT = 1e9  # a 2MiB chunk moves in ~2.1ms
 
 
@@ -82,7 +83,7 @@ def test_splitting_a_chunk_between_nodes_can_beat_whole_chunks() -> None:
     # staying split: each chunk 0.5 x 1ms + 0.5 x 3ms, no move
     assert placement.total_s == pytest.approx(2 * (0.5e-3 + 1.5e-3))
     # whole chunks: 1ms + 3ms, but each chunk moves half of itself (1MiB at 1GB/s)
-    assert brute_force(costs, chunk_bytes, capacity, start) == pytest.approx(4e-3 + 2 * MiB / THROUGHPUT)
+    assert brute_force(costs, chunk_bytes, capacity, start) == pytest.approx(4e-3 + 2 * MIB / THROUGHPUT)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -149,13 +150,13 @@ def test_a_run_without_epochs_has_no_oracle() -> None:
 def test_oracle_of_a_run_lies_between_the_lower_bound_and_the_run() -> None:
     """From a run record: the oracle starts where the run started, within the nodes' capacities."""
     records = [epoch(k, reads=[[5000, 10, 4000 * (k % 2)]], residency=[[on(1), on(0), on(0)]]) for k in range(5)]
-    start = nodes((2**30, 64 * MiB + 2 * MiB, 4 * MiB), (2**30, 2**30, 2 * MiB))  # node 0: room for 3 chunks
+    start = nodes((2**30, 64 * MIB + 2 * MIB, 4 * MIB), (2**30, 2**30, 2 * MIB))  # node 0: room for 3 chunks
     run = timeline(layout(3), records, start)
     dram_cxl = system("dram-cxl")
     data = run_data(run, 2)
     costs = access_costs(data, dram_cxl)
     best = oracle(data, costs, run.start, THROUGHPUT)
-    assert best.capacity_bytes == (6 * MiB, 2**30 - 64 * MiB + 2 * MiB)
+    assert best.capacity_bytes == (6 * MIB, 2**30 - 64 * MIB + 2 * MIB)
     measured = float((costs[:, :, 1] * [[1, 0, 0]] + costs[:, :, 0] * [[0, 1, 1]]).sum())
     assert lower_bound_s(costs) <= best.modeled_time_s <= measured
     assert best.placement.shares[:, 0, 0] == pytest.approx(1.0)  # the hot chunk comes to DRAM at once

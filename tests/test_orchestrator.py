@@ -18,9 +18,9 @@ from testbed.experiment import Experiment, load_experiment
 from testbed.memtouch import RELEASE_SIGNAL, build_memtouch, memtouch_input, parse_output
 from testbed.orchestrator import START_STATE, run_policy
 from testbed.timeline import RunStatus, read_timeline
+from testbed.units import MIB
 from testbed.values import Action, Migrate, Observation, PolicyContext, Setup, TieringSettings
 
-MiB = 2**20
 EPOCHS = 4
 
 
@@ -44,8 +44,8 @@ def experiment(tmp_path: Path) -> Experiment:
 
 
 def fake_vm(memtouch: Path) -> FakeVm:
-    return FakeVm(FakeGuest(memtouch, (FakeNode(0, 1024 * MiB, 900 * MiB, (0, 1)), FakeNode(1, 2048 * MiB,
-                                                                                          2000 * MiB))))
+    return FakeVm(FakeGuest(memtouch, (FakeNode(0, 1024 * MIB, 900 * MIB, (0, 1)), FakeNode(1, 2048 * MIB,
+                                                                                          2000 * MIB))))
 
 
 class Scripted(Policy):
@@ -91,7 +91,7 @@ def test_the_loop_records_ground_truth_residency_and_decisions(memtouch: Path, e
     assert [record.reads for record in timeline.epochs] == [
         tuple(tuple(int(v) for v in counts) for counts in epoch.reads) for epoch in truth.epochs]
     assert [region.name for region in timeline.start.regions] == ["hot", "cold"]
-    assert timeline.start.nodes[0].workload_bytes == 12 * MiB
+    assert timeline.start.nodes[0].workload_bytes == 12 * MIB
     assert timeline.start.kernel == {"numa_balancing": "0", "demotion_enabled": "true",
                                      "transparent_hugepage": "never", "zone_reclaim_mode": "0"}
     # One release before epoch 0 and after each epoch but the last, then the end of the lingering workload.
@@ -102,12 +102,12 @@ def test_the_loop_records_ground_truth_residency_and_decisions(memtouch: Path, e
     first, second = timeline.epochs[0], timeline.epochs[1]
     assert first.decision is not None
     [applied] = first.decision.actions
-    assert (applied.action.why, applied.outcome.moved_bytes) == ("cold out", 8 * MiB)
+    assert (applied.action.why, applied.outcome.moved_bytes) == ("cold out", 8 * MIB)
     reasons = {rejected.action.why: rejected.reason for rejected in first.decision.rejected}
     assert reasons["nowhere"].startswith("node 7 is not a node with memory")
     assert reasons["over budget"].startswith("over budget")
     # The move made after interval 0 shows in interval 1: the kernel's count and where the pages are.
-    assert second.migrated_bytes == 8 * MiB
+    assert second.migrated_bytes == 8 * MIB
     hot_chunks, cold_chunks = first.residency
     assert all(set(chunk) == {0} for chunk in (*hot_chunks, *cold_chunks))
     hot_chunks, cold_chunks = second.residency

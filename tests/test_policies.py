@@ -12,6 +12,7 @@ from policies.hot_cold import HotCold, HotColdSettings
 from policies.registry import BOUNDS, known_policies, make_policy, policy_kind
 from policies.tiers import demotion_targets, speed_order
 from testbed.errors import UserError
+from testbed.units import MIB
 from testbed.values import (
     MAX_UINT,
     Action,
@@ -26,7 +27,6 @@ from testbed.values import (
     TieringSettings,
 )
 
-MIB = 1 << 20
 HEADROOM = HotColdSettings().headroom_bytes
 
 

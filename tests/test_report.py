@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from synthetic_runs import (
-    MiB,
     Residency,
     decision,
     epoch,
@@ -28,17 +27,18 @@ from testbed.errors import ConfigError
 from testbed.report import result_table, write_results
 from testbed.rundir import RunDirError, read_manifest
 from testbed.timeline import RunStatus, Timeline
+from testbed.units import MIB
 
 GiB = 2**30
 # dram-cxl; node 0 has room for the workload's 4MiB there (free memory is all headroom), node 1 for anything.
-START = nodes((GiB, 64 * MiB, 4 * MiB), (2 * GiB, GiB, 2 * MiB))
+START = nodes((GiB, 64 * MIB, 4 * MIB), (2 * GiB, GiB, 2 * MIB))
 EPOCHS = 4
 THROUGHPUT = 1e11  # 2MiB move in 21us: cheap next to a hot chunk's accesses, so the oracle moves them
-BUDGET = 2 * MiB  # per interval: the oracle's swap of r1 into DRAM (4MiB moved) takes two intervals
+BUDGET = 2 * MIB  # per interval: the oracle's swap of r1 into DRAM (4MiB moved) takes two intervals
 
 
 def run(policy: str, residency: Callable[[int], Residency], kind: str = "baseline", moved_at: int | None = None,
-        moved: int = 2 * MiB, **options: Any) -> Timeline:
+        moved: int = 2 * MIB, **options: Any) -> Timeline:
     """Two regions (two chunks, one chunk); region r1 turns hot in epoch 2."""
     records = [epoch(k, reads=[[100 * (k + 1), 5], [3000 if k >= 2 else 10]], writes=[[10, 0], [100]],
                      residency=residency(k), migrated=moved if k == moved_at else 0, phase=int(k >= 2),
@@ -56,7 +56,7 @@ def experiment(root: Path, **options: Any) -> Path:
     runs = {
         "first-touch": run("first-touch", first_touch),
         "hot-cold": run("hot-cold", lambda k: [[on(0), on(1)], [on(0)]] if k >= 2 else first_touch(k), moved_at=2,
-                        moved=4 * MiB),
+                        moved=4 * MIB),
         "llamas-r1": run("llamas", lambda k: [[on(0), on(0)], [split(n0=256, n1=256)]], kind="llm", repeat=1,
                          moved_at=1, usage={"llm_calls": 3, "tokens": 1200}),
         "llamas-r2": run("llamas", lambda k: [[on(0), on(1)], [on(1)]], kind="llm", repeat=2, status=RunStatus.FAILED,
@@ -87,7 +87,7 @@ def test_summary_json_holds_every_policy_both_oracles_and_the_bound(tmp_path: Pa
     oracle, unbudgeted = summary["policies"]["oracle"], summary["policies"]["oracle-unbudgeted"]
     assert (oracle["kind"], oracle["status"], oracle["ratio_to_oracle"]) == ("bound", "ok", 1.0)
     assert (oracle["budget_bytes"], unbudgeted["budget_bytes"]) == (BUDGET, None)
-    assert oracle["capacity_bytes"] == {"0": 4 * MiB, "1": 2 * MiB + GiB - 64 * MiB}
+    assert oracle["capacity_bytes"] == {"0": 4 * MIB, "1": 2 * MIB + GiB - 64 * MIB}
     # the budget binds: the unbudgeted oracle swaps r1 in at once and is strictly better
     assert summary["lower_bound_s"] <= unbudgeted["modeled_time_s"] < oracle["modeled_time_s"]
     assert unbudgeted["ratio_to_oracle"] < 1.0
@@ -97,8 +97,8 @@ def test_summary_json_holds_every_policy_both_oracles_and_the_bound(tmp_path: Pa
         assert policy["ratio_to_oracle"] == pytest.approx(policy["modeled_time_s"] / oracle["modeled_time_s"])
         assert policy["ratio_to_lower_bound"] == pytest.approx(policy["modeled_time_s"] / summary["lower_bound_s"])
     hot_cold = summary["policies"]["hot-cold"]
-    assert (hot_cold["migrated_bytes"], hot_cold["migrated_pages"]) == (4 * MiB, 1024)
-    assert hot_cold["migration_time_s"] == pytest.approx(4 * MiB / THROUGHPUT)
+    assert (hot_cold["migrated_bytes"], hot_cold["migrated_pages"]) == (4 * MIB, 1024)
+    assert hot_cold["migration_time_s"] == pytest.approx(4 * MIB / THROUGHPUT)
 
 
 def test_a_failed_repeat_is_kept_but_the_policy_counts_its_finished_runs(tmp_path: Path) -> None:

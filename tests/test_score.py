@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic_runs import MiB, epoch, layout, nodes, on, split, system, timeline
+from synthetic_runs import epoch, layout, nodes, on, split, system, timeline
 
 from testbed.ledger import HEADROOM
 from testbed.memtouch import RegionLayout
@@ -18,18 +18,19 @@ from testbed.score import (
     score_run,
 )
 from testbed.timeline import EpochRecord, RunStatus
+from testbed.units import MIB
 from testbed.workload import Pattern
 
 NS = 1e-9
 GiB = 2**30
 # dram-cxl: node 0 ddr5-local (80ns reads and writes), node 1 cxl-expander (250ns), one socket.
-DRAM_CXL = nodes((GiB, 100 * MiB, 4 * MiB), (2 * GiB, 2 * GiB, 0))
+DRAM_CXL = nodes((GiB, 100 * MIB, 4 * MIB), (2 * GiB, 2 * GiB, 0))
 
 
 def two_chunks_three_epochs() -> list[EpochRecord]:
     return [
         epoch(0, reads=[[100, 10]], writes=[[20, 0]], residency=[[on(0), on(1)]]),
-        epoch(1, reads=[[0, 50]], writes=[[0, 50]], residency=[[on(1), split(n0=256, n1=256)]], migrated=2 * MiB),
+        epoch(1, reads=[[0, 50]], writes=[[0, 50]], residency=[[on(1), split(n0=256, n1=256)]], migrated=2 * MIB),
         epoch(2, reads=[[1000, 0]], residency=[[on(1), on(0)]]),
     ]
 
@@ -44,7 +45,7 @@ def test_access_and_migration_time_by_hand() -> None:
     # 2MiB migrated at 1GiB/s
     assert result.migration_time_s == pytest.approx(2 / 1024)
     assert result.modeled_time_s == pytest.approx(278600 * NS + 2 / 1024)
-    assert result.migrated_bytes == 2 * MiB
+    assert result.migrated_bytes == 2 * MIB
     # everything on DRAM: (130 + 100 + 1000) x 80ns
     assert result.lower_bound_s == pytest.approx(1230 * 80 * NS)
     assert result.epochs == 3
@@ -56,7 +57,7 @@ def test_rat_latency_follows_each_chunks_access_rate() -> None:
     pages = 512  # a 2MiB chunk
     hot, warm = 200 * pages, 100 * pages  # per 1s interval: 200 and 100 accesses per page per second
     records = [epoch(0, reads=[[hot, warm]], residency=[[on(1), on(1)]])]
-    start = nodes((GiB, 0, 0), (GiB, GiB, 4 * MiB))
+    start = nodes((GiB, 0, 0), (GiB, GiB, 4 * MIB))
     result = score_run(timeline(layout(2), records, start), system("dram-rat"), throughput=1e9)
     # hot chunk at 50ns; warm chunk halfway: 600 + (50 - 600) x 0.5 = 325ns
     assert result.access_time_s == pytest.approx((hot * 50 + warm * 325) * NS)
@@ -67,7 +68,7 @@ def test_rat_latency_follows_each_chunks_access_rate() -> None:
 def test_rat_rate_is_per_second_of_the_interval() -> None:
     warm = 100 * 512  # 100 accesses per page in a 0.5s interval: 200 per second, the hot rate
     records = [epoch(0, reads=[[0]], writes=[[warm]], residency=[[on(1)]])]
-    start = nodes((GiB, 0, 0), (GiB, GiB, 2 * MiB))
+    start = nodes((GiB, 0, 0), (GiB, GiB, 2 * MIB))
     result = score_run(timeline(layout(1), records, start, interval_s=0.5), system("dram-rat"), throughput=1e9)
     assert result.access_time_s == pytest.approx(warm * 50 * NS)  # writes keep the read/write ratio (1 for RAT)
 
@@ -83,7 +84,7 @@ def test_remote_socket_adds_the_link_latency() -> None:
 def test_write_latency_differs_from_read_latency() -> None:
     # three-tier: node 2 is optane-pmem, 300ns reads and 900ns writes.
     records = [epoch(0, reads=[[3]], writes=[[2]], residency=[[on(2)]])]
-    start = nodes((GiB, GiB, 0), (GiB, GiB, 0), (GiB, GiB, 2 * MiB))
+    start = nodes((GiB, GiB, 0), (GiB, GiB, 0), (GiB, GiB, 2 * MIB))
     result = score_run(timeline(layout(1), records, start), system("three-tier"), throughput=1e9)
     assert result.access_time_s == pytest.approx((3 * 300 + 2 * 900) * NS)
 
@@ -96,9 +97,9 @@ def test_an_unsampled_chunk_is_charged_on_its_slowest_node_and_listed() -> None:
 
 
 def test_a_short_last_chunk_has_its_own_size() -> None:
-    short = RegionLayout("r0", Pattern.UNIFORM, 0x7F0000000000, 3 * MiB, 2 * MiB, 768, 2)  # 2MiB + 1MiB
+    short = RegionLayout("r0", Pattern.UNIFORM, 0x7F0000000000, 3 * MIB, 2 * MIB, 768, 2)  # 2MiB + 1MiB
     data = run_data(timeline((short,), [epoch(0, reads=[[0, 256]])], DRAM_CXL), 2)
-    assert data.chunk_bytes.tolist() == [2 * MiB, MiB]
+    assert data.chunk_bytes.tolist() == [2 * MIB, MIB]
     assert data.access_rate[0, 1] == pytest.approx(1.0)  # 256 accesses over 256 pages in 1s
 
 
@@ -135,8 +136,8 @@ def test_a_record_that_contradicts_its_start_is_an_error(bad: EpochRecord, messa
 
 
 def test_capacity_is_what_the_workload_held_plus_free_memory_above_the_headroom() -> None:
-    start = timeline(layout(1), [], nodes((GiB, 10 * MiB, 900 * MiB), (GiB, 500 * MiB, 0))).start
+    start = timeline(layout(1), [], nodes((GiB, 10 * MIB, 900 * MIB), (GiB, 500 * MIB, 0))).start
     capacity = capacities(start, 3)
-    assert 64 * MiB == HEADROOM
+    assert 64 * MIB == HEADROOM
     # node 0: less free memory than the headroom, so only what it held; node 1: 500 - 64; node 2: absent
-    assert capacity.tolist() == [900 * MiB, 436 * MiB, 0]
+    assert capacity.tolist() == [900 * MIB, 436 * MIB, 0]

@@ -1,8 +1,7 @@
 from testbed.ledger import HEADROOM
+from testbed.units import MIB
 from testbed.validate import validate
 from testbed.values import Action, Migrate, NodeView, Observation, Place, RegionView
-
-MIB = 2**20
 
 
 def node(node_id: int, free: int, cpus: tuple[int, ...] = ()) -> NodeView:

@@ -30,9 +30,9 @@ from testbed.memtouch import (
     memtouch_input,
     parse_output,
 )
+from testbed.units import MIB
 from testbed.workload import WORKLOADS_DIR, Pattern, Workload, load_workload, parse_workload
 
-MiB = 2**20
 PAGE = 4096
 LINE = 64
 ELF_PT_INTERP = 3
@@ -184,9 +184,9 @@ def test_regions_line_describes_the_mappings(memtouch: Path) -> None:
     truth = run(memtouch, workload(region("a", "uniform", 1, size="6MiB", chunk="4MiB"),
                                    region("b", "chase", 1, size="64KiB", chunk="4KiB")))
     a, b = truth.regions
-    assert (a.size, a.chunk, a.pages, a.chunks) == (6 * MiB, 4 * MiB, 1536, 2)
+    assert (a.size, a.chunk, a.pages, a.chunks) == (6 * MIB, 4 * MIB, 1536, 2)
     assert (b.size, b.chunk, b.pages, b.chunks) == (64 * 1024, PAGE, 16, 16)
-    assert a.address % (2 * MiB) == 0 and b.address % (2 * MiB) == 0
+    assert a.address % (2 * MIB) == 0 and b.address % (2 * MIB) == 0
     assert truth.reads("a").shape == (2, 2)
 
 
@@ -244,19 +244,19 @@ def test_zipf_hot_offset_and_drift_move_the_hot_set(memtouch: Path) -> None:
 
 
 def test_sequential_covers_chunks_evenly_and_resumes_where_it_stopped(memtouch: Path) -> None:
-    half_region = 4 * MiB // 2 // LINE
+    half_region = 4 * MIB // 2 // LINE
     counts = totals(run(memtouch, workload(region("s", "sequential", half_region), phases=[{"epochs": 3}])), "s")
-    per_chunk = MiB // LINE
+    per_chunk = MIB // LINE
     assert counts.tolist() == [[per_chunk, per_chunk, 0, 0], [0, 0, per_chunk, per_chunk],
                                [per_chunk, per_chunk, 0, 0]]
-    strided = totals(run(memtouch, workload(region("s", "sequential", 4 * MiB // 256, stride="256B"))), "s")
-    assert strided.tolist() == [[MiB // 256] * 4] * 2
+    strided = totals(run(memtouch, workload(region("s", "sequential", 4 * MIB // 256, stride="256B"))), "s")
+    assert strided.tolist() == [[MIB // 256] * 4] * 2
 
 
 def test_chase_visits_every_line_once_per_cycle(memtouch: Path) -> None:
-    lines = 4 * MiB // LINE
+    lines = 4 * MIB // LINE
     counts = totals(run(memtouch, workload(region("c", "chase", lines))), "c")
-    assert counts.tolist() == [[MiB // LINE] * 4] * 2
+    assert counts.tolist() == [[MIB // LINE] * 4] * 2
 
 
 def test_uniform_spreads_evenly(memtouch: Path) -> None:
@@ -465,11 +465,12 @@ def test_a_release_sent_before_the_boundary_is_kept(start: Callable[..., Held]) 
     assert held.process.wait(timeout=10) == 0
 
 
-def test_barrier_does_not_change_the_counts(memtouch: Path, start: Callable[..., Held]) -> None:
+@pytest.mark.parametrize("hold", [0, 0.3])
+def test_barrier_does_not_change_the_counts(memtouch: Path, start: Callable[..., Held], hold: float) -> None:
     spec = workload(region("u", "uniform", 20_000, write_fraction=0.2), region("z", "zipf", 20_000, hot_drift="1MiB"),
                     region("s", "sequential", 10_000), region("c", "chase", 5_000, write_fraction=0.5),
                     phases=[{"epochs": 2}, {"epochs": 2, "regions": {"u": {"accesses": 7}}}])
-    free, held = run(memtouch, spec), run_released(start(spec), epochs=4)
+    free, held = run(memtouch, spec), run_released(start(spec), epochs=4, delay=hold)
     assert [epoch.wait_us for epoch in free.epochs] == [0] * 4
     for name in ("u", "z", "s", "c"):
         np.testing.assert_array_equal(held.reads(name), free.reads(name), err_msg=name)

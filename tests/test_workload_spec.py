@@ -11,6 +11,7 @@ import yaml
 
 from testbed.errors import ConfigError
 from testbed.memtouch import memtouch_input
+from testbed.units import MIB
 from testbed.workload import (
     WORKLOADS_DIR,
     Accesses,
@@ -23,9 +24,8 @@ from testbed.workload import (
 )
 from testbed.yamlfields import Fields
 
-MiB = 2**20
 SPEC_PATH = Path("w.yaml")
-GUEST_DRAM_SPARE = 768 * MiB
+GUEST_DRAM_SPARE = 768 * MIB
 FULL_SPEC = """
 name: two-indexes
 description: Hot set moves from a to b.
@@ -78,23 +78,23 @@ def test_full_spec_is_read_into_typed_fields() -> None:
     workload = parse(yaml.safe_load(FULL_SPEC))
     a, log = workload.regions
     assert (workload.seed, workload.epoch_us, workload.slices) == (9, 500_000, 50)
-    assert (a.size, a.chunk, a.pattern, a.description) == (16 * MiB, MiB, Pattern.ZIPF, "A hash index.")
+    assert (a.size, a.chunk, a.pattern, a.description) == (16 * MIB, MIB, Pattern.ZIPF, "A hash index.")
     assert a.accesses == Accesses(per_epoch=1000, write_fraction=0.25, exponent=1.2)
-    assert (log.chunk, log.chunks, log.accesses.stride, log.description) == (4 * MiB, 2, 128, None)
+    assert (log.chunk, log.chunks, log.accesses.stride, log.description) == (4 * MIB, 2, 128, None)
     assert [phase.name for phase in workload.phases] == ["phase0", "moved"]
     assert workload.phases[0].accesses == (a.accesses, log.accesses)
     # A phase changes only what it names; the rest is the region's own definition.
     assert workload.phases[1].accesses[0] == Accesses(per_epoch=10, write_fraction=0.25, exponent=1.2,
-                                                      hot_offset=4 * MiB, hot_drift=MiB)
+                                                      hot_offset=4 * MIB, hot_drift=MIB)
     assert workload.phases[1].accesses[1] == log.accesses
-    assert (workload.epochs, workload.footprint, workload.epoch_seconds) == (5, 24 * MiB, 0.5)
+    assert (workload.epochs, workload.footprint, workload.epoch_seconds) == (5, 24 * MIB, 0.5)
 
 
 def test_defaults() -> None:
     workload = parse(minimal())
     region = workload.regions[0]
     assert (workload.seed, workload.epoch_us, workload.slices) == (0, 1_000_000, 100)
-    assert (region.chunk, region.pages, region.chunks) == (2 * MiB, 2048, 4)
+    assert (region.chunk, region.pages, region.chunks) == (2 * MIB, 2048, 4)
     assert region.accesses == Accesses(per_epoch=1000)
     assert parse({**minimal(), "epoch": "5ms"}).slices == 1  # the default slice never exceeds the epoch
 
@@ -170,11 +170,11 @@ def test_duplicate_region_names() -> None:
 def test_memory_limit_bounds_each_region_and_the_total() -> None:
     data = minimal(size="64MiB")
     data["regions"].append({"name": "cold", "size": "64MiB", "pattern": "uniform", "accesses": 1})
-    assert parse(data, memory_limit=128 * MiB).footprint == 128 * MiB
+    assert parse(data, memory_limit=128 * MIB).footprint == 128 * MIB
     with pytest.raises(ConfigError, match=r"regions: the regions total 128MiB, more than the limit of 100MiB"):
-        parse(data, memory_limit=100 * MiB)
+        parse(data, memory_limit=100 * MIB)
     with pytest.raises(ConfigError, match=r"regions\[0\]\.size: 64MiB is more than the limit of 32MiB"):
-        parse(data, memory_limit=32 * MiB)
+        parse(data, memory_limit=32 * MIB)
 
 
 def test_embedded_spec_errors_carry_the_prefix() -> None:
@@ -189,7 +189,7 @@ def test_resolve_workload_by_name_path_or_inline(tmp_path: Path) -> None:
     assert resolve_workload(fields, "by_name").name == "hot-cold"
     assert resolve_workload(fields, "by_path").source == tmp_path / "mine.yaml"
     inline = resolve_workload(fields, "inline")
-    assert (inline.regions[0].size, inline.source) == (4 * MiB, tmp_path / "experiment.yaml")
+    assert (inline.regions[0].size, inline.source) == (4 * MIB, tmp_path / "experiment.yaml")
     with pytest.raises(ConfigError, match=r"no workload named 'nope' \(known: .*hot-cold"):
         workload_path("nope")
 
@@ -199,7 +199,7 @@ EXAMPLES = sorted(WORKLOADS_DIR.glob("*.yaml"))
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
 def test_examples_fit_the_guests(path: Path) -> None:
-    workload = load_workload(path, memory_limit=1536 * MiB)
+    workload = load_workload(path, memory_limit=1536 * MIB)
     assert workload.name == path.stem
     assert all(region.description for region in workload.regions)
     # A placement problem: more than a 1GiB DRAM node can spare next to the guest's kernel.

@@ -17,12 +17,12 @@ from policies.damos import Damos
 from testbed.channel.client import GuestClient
 from testbed.channel.replies import DamonRegion, ObserveReply, ResidencyQuery
 from testbed.memtouch import RegionLayout, memtouch_input, parse_output
+from testbed.units import MIB
 from testbed.values import AddressRange, MemoryPolicy, MemoryPolicyKind, NodeView, PolicyContext
 from testbed.vms import Vm
 from testbed.workload import parse_workload
 
 MEMTOUCH = "/opt/llamas/bin/memtouch"
-MIB = 1 << 20
 PAGE = 4096
 DRAM, CXL = 0, 1
 
