@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from policies.frontend import DeviceProfile, ProfileResult, default_cache, profile_device
+from policies.device_profile import DeviceProfile
+from policies.frontend import ProfileResult, default_cache, profile_device
 from policies.llm_client import LlmClient, connect, replay, settings_from_env
 from testbed.catalog import Catalog, default_catalog
 from testbed.errors import UserError

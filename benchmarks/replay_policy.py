@@ -45,7 +45,7 @@ import numpy.typing as npt
 
 from policies.base import Policy
 from policies.cost_model import NodeModel
-from policies.frontend import DataKind, DeviceProfile
+from policies.device_profile import DataKind, DeviceProfile
 from policies.llamas import SETUP_RECORD, LlamasPolicy
 from policies.llamas_direct import LlamasDirectPolicy
 from policies.registry import make_policy

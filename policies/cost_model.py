@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.frontend import DeviceProfile
+from policies.device_profile import DeviceProfile
 from policies.region_table import Array, RegionTable
 from testbed.model import PAGE_SIZE
 from testbed.values import NodeView

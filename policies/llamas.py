@@ -27,19 +27,15 @@ import numpy as np
 
 from policies.backend import Backend, BackendSettings
 from policies.cost_model import NodeModel
+from policies.device_profile import QUOTE_LIMIT, DataKind, DeviceProfile, Problem, quoted
 from policies.frontend import (
-    QUOTE_LIMIT,
-    DataKind,
-    DeviceProfile,
     Disagreement,
-    Problem,
     ProfileCache,
     ProfileResult,
     combine_with_hmat,
     default_cache,
     profile_device,
     profile_frequency,
-    quoted,
 )
 from policies.llamas_backend import BackendPolicy
 from policies.llm_client import (

@@ -9,19 +9,8 @@ from typing import Any
 import pytest
 from fake_openai import FakeOpenAi
 
-from policies.frontend import (
-    FREQUENCY_KEY,
-    WEAR_KEY,
-    DataKind,
-    DeviceProfile,
-    Disagreement,
-    ProfileCache,
-    cache_key,
-    combine_with_hmat,
-    profile_device,
-    profile_system,
-    validate_answer,
-)
+from policies.device_profile import FREQUENCY_KEY, WEAR_KEY, DataKind, DeviceProfile, validate_answer
+from policies.frontend import Disagreement, ProfileCache, cache_key, combine_with_hmat, profile_device, profile_system
 from testbed.catalog import default_catalog
 from testbed.model import Performance
 

@@ -13,7 +13,8 @@ import pytest
 from fake_openai import FakeOpenAi
 
 from policies.cost_model import NodeModel
-from policies.frontend import FREQUENCY_KEY, WEAR_KEY, ProfileCache, cache_key, profile_device, profile_frequency
+from policies.device_profile import FREQUENCY_KEY, WEAR_KEY
+from policies.frontend import ProfileCache, cache_key, profile_device, profile_frequency
 from policies.llamas import SETUP_RECORD, LlamasPolicy
 from policies.llamas_direct import DECISIONS_LOG, DirectSettings, LlamasDirectPolicy
 from policies.llm_client import TRANSCRIPT_NAME, JsonObject, LlmClient, LlmSettings, RawReply, Transcript, replay
