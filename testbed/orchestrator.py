@@ -219,7 +219,7 @@ class _Run:
         vmstat = self.guest.vmstat().counters
         delta = {name: value - state.vmstat.get(name, 0) for name, value in vmstat.items()}
         state.vmstat = vmstat
-        raw, observation = self._observe(state, epoch.epoch, delta)
+        raw, observation = self._observe(state, epoch.epoch, delta, until_us=epoch.end_us)
         proposal = self._decide(state, observation)
         applied, rejected = self._act(state, proposal.actions, observation) if proposal.actions else ((), ())
         return EpochRecord(
@@ -233,12 +233,14 @@ class _Run:
             observation=observation_summary(observation), wait_s=epoch.wait_us / 1e6,
         )
 
-    def _observe(self, state: _RunState, epoch: int, vmstat_delta: dict[str, int]) -> tuple[ObserveReply,
-                                                                                               Observation]:
+    def _observe(self, state: _RunState, epoch: int, vmstat_delta: dict[str, int],
+                 until_us: int | None = None) -> tuple[ObserveReply, Observation]:
+        """What the policy sees; DAMON's view is of the aggregation that ended by ``until_us`` (the epoch's
+        end), not one of the memory left idle while the workload waits for the loop."""
         ranges = [ResidencyQuery(region.address, region.size, region.chunk, _stride(region.chunk))
                   for region in state.layout]
         raw = self.guest.observe(state.pid, ranges=ranges, region_nodes=True,
-                                 pagemap_budget_pages=PAGEMAP_BUDGET_PAGES)
+                                 pagemap_budget_pages=PAGEMAP_BUDGET_PAGES, damon_until_us=until_us)
         monitoring = self.experiment.damon
         samples = max(1, monitoring.aggr_us // monitoring.sample_us)
         regions = tuple(RegionView(

@@ -98,6 +98,7 @@ class FakeGuest:
     migrated_pages: int = 0
     calls: list[str] = field(default_factory=list)
     runs: list[FakeRun] = field(default_factory=list)
+    damon_until_us: list[int | None] = field(default_factory=list)  # what each observe asked for
     # A fresh guest's settings (NUMA balancing on, as Debian's kernel boots); tiering() changes them.
     settings: TieringSettings = field(default_factory=lambda: TieringSettings(1, False, "madvise", 0))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -159,10 +160,12 @@ class FakeGuest:
                          watched.max_regions)
 
     def observe(self, pid: int, *, ranges: Sequence[ResidencyQuery] = (), soft_dirty: bool = True,
-                region_nodes: bool = False, pagemap_budget_pages: int | None = None) -> ObserveReply:
+                region_nodes: bool = False, pagemap_budget_pages: int | None = None,
+                damon_until_us: int | None = None) -> ObserveReply:
         """Where the pages are; DAMON sees each buffer as one region, never accessed."""
         self.check_alive()
         with self._lock:
+            self.damon_until_us.append(damon_until_us)
             damon = DamonView(1, "fake", True, time.monotonic(), len(self.regions), tuple(
                 DamonRegion(index, region.address, region.address + region.size, 0, 0, region.size // PAGE_SIZE,
                             0, region.size // PAGE_SIZE, self._nodes_in(region.address, region.size))

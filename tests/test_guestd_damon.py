@@ -30,6 +30,15 @@ def test_the_last_complete_aggregation_is_found() -> None:
     assert snapshot.time == pytest.approx(10.1)
 
 
+def test_the_last_aggregation_that_ended_by_a_time_is_found() -> None:
+    later = [Region(HEAP, HEAP + 0x20000, 0, 3)]  # memory left idle after the time asked about
+    text = aggregated_lines(REGIONS[:1], 9000, 10.0) + aggregated_lines(REGIONS, 9000, 10.1) + \
+        aggregated_lines(later, 9000, 10.2)
+    found = {until: last_complete_aggregation(text.encode(), until) for until in (10.15, 10.1, 10.25, 10.05, 9.9)}
+    assert {until: None if snapshot is None else snapshot.regions for until, snapshot in found.items()} == {
+        10.15: REGIONS, 10.1: REGIONS, 10.25: tuple(later), 10.05: REGIONS[:1], 9.9: None}
+
+
 def test_an_aggregation_still_being_written_is_skipped() -> None:
     partial = aggregated_lines(REGIONS, 9000, 10.2).splitlines(keepends=True)[:2]
     text = aggregated_lines(REGIONS, 9000, 10.1) + "".join(partial)
@@ -109,9 +118,10 @@ def test_watch_configures_a_vaddr_kdamond_and_a_filtered_trace_instance(guest: F
     assert (event / "filter").read_text() == f"common_pid == {FIRST_KDAMOND_PID}"
     assert (event / "enable").read_text() == "1"
     assert (tmp_path / f"{TRACEFS}/instances/{instance}/trace_clock").read_text() == "mono"
-    # Read only when observed: the ring holds two aggregations of 48-byte records and little more.
+    # Read only when observed: the ring holds a second of aggregations (20 of 50 ms, the one being written
+    # and one more) of 48-byte records, and little more.
     ring = int((tmp_path / f"{TRACEFS}/instances/{instance}/buffer_size_kb").read_text()) * 1024
-    assert 2 * 500 * 48 < ring < 8 * 500 * 48
+    assert 22 * 500 * 48 < ring < 2 * 22 * 500 * 64
 
 
 def test_observe_returns_the_latest_aggregation_with_stable_ids(guest: FakeGuest, tmp_path: Path) -> None:
@@ -129,6 +139,24 @@ def test_observe_returns_the_latest_aggregation_with_stable_ids(guest: FakeGuest
     again = guest.result("observe", pid=PID, soft_dirty=False)["damon"]
     assert again["regions"] == damon["regions"]  # nothing new in the pipe: the same aggregation
     assert again["observation"] == damon["observation"] + 1
+
+
+def test_observe_until_gives_the_aggregation_of_the_epoch_not_a_later_one(guest: FakeGuest,
+                                                                          tmp_path: Path) -> None:
+    guest.result("watch", pid=PID)
+    [instance] = os.listdir(tmp_path / f"{TRACEFS}/instances")
+    (tmp_path / f"{TRACEFS}/instances/{instance}/trace_pipe").write_text(
+        aggregated_lines(REGIONS[:1], FIRST_KDAMOND_PID, 5.0) + aggregated_lines(REGIONS, FIRST_KDAMOND_PID, 5.1))
+
+    def seen(**until: int) -> tuple[float, int]:
+        damon = guest.result("observe", pid=PID, soft_dirty=False, **until)["damon"]
+        return round(damon["time"], 6), len(damon["regions"])
+
+    assert seen(damon_until_us=5_050_000) == (5.0, 1)
+    assert seen(damon_until_us=5_100_000) == (5.1, 3)
+    assert seen() == (5.1, 3)
+    assert seen(damon_until_us=4_000_000) == (5.1, 3)  # none that old kept: the latest
+    assert guest.error("observe", pid=PID, damon_until_us=-1)[0] == "EINVAL"
 
 
 def test_observe_bounds_the_regions_it_reports(guest: FakeGuest, tmp_path: Path) -> None:

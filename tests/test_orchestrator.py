@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,6 +100,11 @@ def test_the_loop_records_ground_truth_residency_and_decisions(memtouch: Path, e
     kills = [call for call in vm.guest_daemon.calls if call.startswith("kill")]
     assert kills == [f"kill {RELEASE_SIGNAL}"] * EPOCHS + ["kill TERM"]
     assert timeline.start.barrier and all(record.wait_s > 0 for record in timeline.epochs)
+    # Each interval's DAMON view is asked for as of the epoch's end on memtouch's clock, not as of the asking.
+    asked = [until for until in vm.guest_daemon.damon_until_us if until is not None]
+    assert len(asked) == EPOCHS
+    assert all(later - earlier >= experiment.interval_s * 1e6 for earlier, later in itertools.pairwise(asked))
+    assert asked[-1] <= time.monotonic() * 1e6  # memtouch runs on the host here: the same clock
 
     first, second = timeline.epochs[0], timeline.epochs[1]
     assert first.decision is not None

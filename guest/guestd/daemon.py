@@ -51,6 +51,7 @@ MAX_PID = 1 << 22  # PID_MAX_LIMIT on 64-bit
 MAX_NODE = 1023
 MAX_CPU = 8191
 MAX_ADDRESS = (1 << 64) - 1
+MAX_MONOTONIC_US = (1 << 63) - 1
 MAX_QUERY_PAGES = 1 << 22  # per observed range; a larger stride samples bigger ranges
 MAX_QUERY_CHUNKS = 1 << 16
 MAX_OBSERVED_REGIONS = 100_000
@@ -340,6 +341,7 @@ class Daemon:
         soft_dirty = args.boolean("soft_dirty", default=True)
         budget = args.integer("pagemap_budget_pages", 512, 1 << 24, default=DEFAULT_PAGEMAP_BUDGET)
         node_sampling = _node_sampling(args)
+        until_us = args.integer("damon_until_us", 0, MAX_MONOTONIC_US, default=None)
         ranges = [_query_range(sub) for sub in args.subs("ranges")]
         args.done()
         began = time.perf_counter()
@@ -351,8 +353,9 @@ class Daemon:
             "resident_bytes": {str(node): size for node, size in sorted(process.resident_bytes().items())},
         }
         watch = self._watches.get(pid)
-        result["damon"] = None if watch is None else self._damon_regions(process, watch, max_regions, soft_dirty,
-                                                                          budget, node_sampling)
+        result["damon"] = None if watch is None else self._damon_regions(
+            process, watch, max_regions, soft_dirty, budget, node_sampling,
+            None if until_us is None else until_us / 1e6)
         result["ranges"] = [self._range_pages(process, query, soft_dirty, budget) for query in ranges]
         if soft_dirty:
             result["soft_dirty_since"] = self._soft_dirty_since.get(pid)
@@ -362,8 +365,8 @@ class Daemon:
         return result
 
     def _damon_regions(self, process: Process, watch: Watch, limit: int, soft_dirty: bool,
-                       budget: int, node_sampling: NodeSampling | None) -> JsonObject:
-        snapshot = self._damon.snapshot(watch)
+                       budget: int, node_sampling: NodeSampling | None, until: float | None) -> JsonObject:
+        snapshot = self._damon.snapshot(watch, until)
         regions = snapshot.regions[:limit] if snapshot else ()
         self._observation_count += 1
         self._observations[process.pid] = Observation(self._observation_count, regions)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .kernel import Kernel
 from .protocol import GuestdError, JsonObject
 from .system import tracefs_root
-from .tracefs import DAMON_EVENT, Region, Snapshot, TraceInstance
+from .tracefs import DAMON_EVENT, Region, Snapshot, TraceInstance, history_aggregations
 
 KDAMONDS = "sys/kernel/mm/damon/admin/kdamonds"
 SLOT_LOCK = "run/lock/guestd-damon.lock"
@@ -212,7 +212,7 @@ class Damon:
         if tracefs is not None:
             try:
                 trace = TraceInstance(self._kernel, tracefs, f"{self._prefix}-{slot}", kdamond_pid,
-                                      monitoring.max_regions)
+                                      monitoring.max_regions, history_aggregations(monitoring.aggr_us))
             except OSError:
                 self.slots.stop(slot)
                 raise
@@ -223,9 +223,10 @@ class Damon:
             watch.trace.close()
         self.slots.stop(watch.slot)
 
-    def snapshot(self, watch: Watch) -> Snapshot | None:
+    def snapshot(self, watch: Watch, until: float | None = None) -> Snapshot | None:
+        """The latest complete aggregation (that ended by ``until``: tracefs only; sysfs has no history)."""
         if watch.trace is not None:
-            return watch.trace.tail.snapshot()
+            return watch.trace.tail.snapshot(until)
         if not self.slots.running(watch.slot):
             return None
         return self._tried_regions(watch.slot)

@@ -16,6 +16,13 @@ sized per CPU to hold the aggregation being written and the last complete one,
 so older aggregations are dropped by the kernel unformatted, and a watch with
 no observer costs the daemon nothing.  (A thread that drained the pipe four
 times a second cost 15% of a vCPU under TCG: the kernel formats every line.)
+
+Why a history of aggregations: an observation asked for just after an epoch
+of the workload ended (``until``) must see an aggregation of that epoch, not
+one that ended later, while the workload waited for the loop to act and DAMON
+saw its memory idle (on ``smoke`` the hot index read 0.08-0.18 of its busy
+access rate, and 0 in some intervals, from such part-idle aggregations).  The
+ring buffer and the tail keep aggregations back ``HISTORY_S``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ READ_CHUNK = 1 << 16
 # (48 bytes of record), with room for a time-extend event.
 EVENT_BYTES_BOUND = 64
 LINE_BYTES_BOUND = 160  # a damon_aggregated line is ~100 bytes
+# How far back an observation may ask for an aggregation: the loop observes within a few hundred
+# milliseconds of an epoch's end under TCG.
+HISTORY_S = 1.0
 
 # "<task>-<pid> [cpu] flags <seconds>: damon_aggregated: target_id=T nr_regions=N START-END: NR_ACCESSES AGE"
 _AGGREGATED = re.compile(
@@ -61,8 +71,13 @@ class Snapshot:
     regions: tuple[Region, ...]
 
 
-def last_complete_aggregation(text: bytes) -> Snapshot | None:
-    """The newest aggregation in ``text`` of which every region line is present.
+def history_aggregations(aggr_us: int) -> int:
+    """Aggregations to keep: ``HISTORY_S`` of them, the one being written, and one more."""
+    return -(-int(HISTORY_S * 1e6) // max(1, aggr_us)) + 2
+
+
+def last_complete_aggregation(text: bytes, until: float | None = None) -> Snapshot | None:
+    """The newest aggregation in ``text`` of which every region line is present (that ended by ``until``).
 
     Walking back from the end, a sweep is a run of lines with the same
     ``nr_regions`` and falling start addresses (regions are emitted in address
@@ -81,21 +96,25 @@ def last_complete_aggregation(text: bytes) -> Snapshot | None:
             expected = count
         next_start = start
         if end - index == expected:
-            regions = tuple(Region(int(low), int(high), int(accesses), int(age))
-                            for _, _, low, high, accesses, age in entries[index:end])
-            return Snapshot(float(entries[end - 1][0]), regions)
+            if until is None or float(entries[end - 1][0]) <= until:
+                regions = tuple(Region(int(low), int(high), int(accesses), int(age))
+                                for _, _, low, high, accesses, age in entries[index:end])
+                return Snapshot(float(entries[end - 1][0]), regions)
+            end = index  # complete, but it ended too late: the sweep before it is next
     return None
 
 
 class TraceTail:
-    """The last bytes read from a trace pipe: enough for two aggregations of ``max_regions``."""
+    """The last bytes read from a trace pipe: enough for ``aggregations`` of ``max_regions``."""
 
-    def __init__(self, fd: int, max_regions: int) -> None:
+    def __init__(self, fd: int, max_regions: int, aggregations: int = 2) -> None:
         self._fd = fd
-        self._capacity = 2 * max_regions * LINE_BYTES_BOUND + READ_CHUNK
+        self._capacity = aggregations * max_regions * LINE_BYTES_BOUND + READ_CHUNK
         self._buffer = bytearray()
-        self._cached: Snapshot | None = None
         self._changed = False
+        self._complete = b""  # the buffer up to its last whole line, as last parsed
+        self._latest: Snapshot | None = None
+        self._by_until: dict[float, Snapshot | None] = {}
 
     def _drain(self) -> None:
         while True:
@@ -122,40 +141,49 @@ class TraceTail:
             cut = self._buffer.find(b"\n", excess)
             del self._buffer[: cut + 1 if cut >= 0 else len(self._buffer)]
 
-    def snapshot(self) -> Snapshot | None:
-        """The latest complete aggregation; parses again only when new lines arrived."""
+    def snapshot(self, until: float | None = None) -> Snapshot | None:
+        """The latest complete aggregation that ended by ``until`` (CLOCK_MONOTONIC seconds; None: the latest).
+
+        If none that old is kept any more, the latest (its ``time`` says how late); parses again only when
+        new lines arrived."""
         self._drain()
         if self._changed:
-            complete = bytes(self._buffer[: self._buffer.rfind(b"\n") + 1])
-            self._cached = last_complete_aggregation(complete) or self._cached
+            self._complete = bytes(self._buffer[: self._buffer.rfind(b"\n") + 1])
+            self._latest = last_complete_aggregation(self._complete) or self._latest
+            self._by_until = {}
             self._changed = False
-        return self._cached
+        if until is None:
+            return self._latest
+        if until not in self._by_until:
+            self._by_until[until] = last_complete_aggregation(self._complete, until) or self._latest
+        return self._by_until[until]
 
 
-def ring_buffer_kb(max_regions: int) -> int:
-    """Per CPU: two aggregations of ``max_regions`` (the one being written, the last complete one), and
-    half as much again for the pages the kernel drops whole when it overwrites."""
-    return -(-5 * max_regions * EVENT_BYTES_BOUND // 2 // 1024) + 8
+def ring_buffer_kb(max_regions: int, aggregations: int = 2) -> int:
+    """Per CPU: ``aggregations`` of ``max_regions`` (the one being written among them), and half an
+    aggregation more for the pages the kernel drops whole when it overwrites."""
+    return -(-(2 * aggregations + 1) * max_regions * EVENT_BYTES_BOUND // 2 // 1024) + 8
 
 
 class TraceInstance:
     """A tracefs instance that records one kdamond's aggregations, read when an observation asks."""
 
-    def __init__(self, kernel: Kernel, tracefs: str, name: str, kdamond_pid: int, max_regions: int) -> None:
+    def __init__(self, kernel: Kernel, tracefs: str, name: str, kdamond_pid: int, max_regions: int,
+                 aggregations: int) -> None:
         self._kernel = kernel
         self._dir = f"{tracefs}/instances/{name}"
         self._fd = -1
         kernel.mkdir(self._dir)
         try:
             kernel.write(f"{self._dir}/trace_clock", "mono")  # comparable with the guest's time.monotonic()
-            kernel.write(f"{self._dir}/buffer_size_kb", str(ring_buffer_kb(max_regions)))
+            kernel.write(f"{self._dir}/buffer_size_kb", str(ring_buffer_kb(max_regions, aggregations)))
             kernel.write(f"{self._dir}/{DAMON_EVENT}/filter", f"common_pid == {kdamond_pid}")
             kernel.write(f"{self._dir}/{DAMON_EVENT}/enable", "1")
             self._fd = kernel.open_stream(f"{self._dir}/trace_pipe")
         except OSError:
             self.close()
             raise
-        self.tail = TraceTail(self._fd, max_regions)
+        self.tail = TraceTail(self._fd, max_regions, aggregations)
 
     def close(self) -> None:
         """Stop recording and remove the instance; what cannot be undone is logged, not raised."""

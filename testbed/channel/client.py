@@ -353,16 +353,18 @@ class GuestClient:
 
     def observe(self, pid: int, *, ranges: Sequence[ResidencyQuery] = (), soft_dirty: bool = True,
                 region_nodes: bool = False, max_regions: int | None = None, pagemap_budget_pages: int | None = None,
-                timeout: float | None = None) -> ObserveReply:
+                damon_until_us: int | None = None, timeout: float | None = None) -> ObserveReply:
         """One observation of ``pid``: CPU time, residency per node, DAMON regions, and the asked ``ranges``.
 
         With ``soft_dirty`` each region and chunk reports pages written since the previous observe
         (the daemon then clears the bits, so two observers of one pid would share the count).
         With ``region_nodes`` each DAMON region reports its bytes on each node, from sampled pages.
+        With ``damon_until_us`` (the guest's CLOCK_MONOTONIC) the DAMON view is the last aggregation
+        that ended by then.
         """
         args = {"pid": pid, "ranges": [query.to_args() for query in ranges], "soft_dirty": soft_dirty,
                 "region_nodes": region_nodes, "max_regions": max_regions,
-                "pagemap_budget_pages": pagemap_budget_pages}
+                "pagemap_budget_pages": pagemap_budget_pages, "damon_until_us": damon_until_us}
         return ObserveReply.parse(self.call("observe", args, timeout))
 
     # Acting ---------------------------------------------------------------------------------
