@@ -16,7 +16,7 @@ from guestd_fake import FakeGuest, FakeProcess, build_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guest.guestd.daemon import serve
+from guest.guestd.__main__ import serve
 from guest.guestd.protocol import MAX_LINE_BYTES, Output
 from guest.guestd.runs import Placement
 from testbed.channel.transports import SubprocessTransport

@@ -4,14 +4,45 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
-from .daemon import Daemon, install_exit_signals, serve
+from .daemon import Daemon
 from .kernel import Kernel
-from .protocol import Output
+from .protocol import MAX_LINE_BYTES, Output
 from .syscalls import LinuxSyscalls
+
+
+def serve(daemon: Daemon, requests: BinaryIO) -> None:
+    """Answer request lines until EOF; the caller closes the daemon."""
+    while True:
+        line = requests.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            _discard_rest_of_line(requests)
+            daemon.reject(f"request line longer than {MAX_LINE_BYTES} bytes; ignored")
+        else:
+            daemon.handle_line(line)
+
+
+def _discard_rest_of_line(requests: BinaryIO) -> None:
+    while True:
+        part = requests.readline(MAX_LINE_BYTES)
+        if not part or part.endswith(b"\n"):
+            return
+
+
+def install_exit_signals() -> None:
+    """SIGTERM and SIGHUP unwind the loop like EOF, so cleanup runs."""
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGHUP, leave)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,15 +9,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import BinaryIO
 
-from . import PROTOCOL_VERSION
-from .damon import MAX_UINT, MAX_ULONG, Damon, Monitoring, Scheme, Watch
+from . import PROTOCOL_VERSION, arguments
+from .arguments import (
+    DEFAULT_PAGEMAP_BUDGET,
+    MAX_CPU,
+    MAX_MONOTONIC_US,
+    MAX_NODE,
+    MAX_OBSERVED_REGIONS,
+    MAX_PID,
+    NodeSampling,
+)
+from .damon import MAX_UINT, MAX_ULONG, Damon, DamosRun, Watch
 from .kernel import Kernel, format_id_list, parse_id_list
-from .pages import AddressRange, RangeQuery, migrate, query_chunks, region_node_bytes, unaliased_stride
+from .pages import AddressRange, RangeQuery, migrate, query_chunks, region_node_bytes
 from .process import PAGE_SIZE, Process, mapped_parts, page_counts
 from .protocol import (
-    MAX_LINE_BYTES,
     Args,
     GuestdError,
     JsonObject,
@@ -47,21 +54,6 @@ from .system import (
 )
 from .tracefs import Region
 
-MAX_PID = 1 << 22  # PID_MAX_LIMIT on 64-bit
-MAX_NODE = 1023
-MAX_CPU = 8191
-MAX_ADDRESS = (1 << 64) - 1
-MAX_MONOTONIC_US = (1 << 63) - 1
-MAX_QUERY_PAGES = 1 << 22  # per observed range; a larger stride samples bigger ranges
-MAX_QUERY_CHUNKS = 1 << 16
-MAX_OBSERVED_REGIONS = 100_000
-DEFAULT_PAGEMAP_BUDGET = 1 << 18  # pagemap entries per observation (2 MiB read)
-# Where regions' pages are: 64 samples put a region's share on a node within about ±6%
-# (one standard error at worst), and 16k pages keep the one move_pages query short.
-DEFAULT_REGION_NODE_PAGES = 64
-DEFAULT_REGION_NODE_BUDGET = 1 << 14
-SCHEME_ACTIONS = ("migrate_hot", "migrate_cold", "pageout", "lru_prio", "lru_deprio", "stat")  # paddr in 6.12
-MEMORY_POLICIES = ("interleave", "membind", "preferred")
 REGION_COLUMNS = ("id", "start", "end", "nr_accesses", "age")
 PAGE_COLUMNS = ("resident_pages", "written_pages")
 NODE_COLUMNS = ("sampled_pages",)
@@ -76,28 +68,6 @@ class Observation:
 
     number: int
     regions: tuple[Region, ...]
-
-
-@dataclass(frozen=True)
-class SchemeKdamond:
-    """A paddr kdamond running the schemes of one ``damos`` request that act on the same nodes."""
-
-    slot: int
-    pid: int
-    nodes: tuple[int, ...]
-    indexes: list[int]  # into the request's schemes, in the kdamond's order
-
-
-@dataclass(frozen=True)
-class DamosRun:
-    """The schemes of one ``damos`` request, named by its first kdamond's slot."""
-
-    schemes: list[Scheme]  # in request order
-    kdamonds: list[SchemeKdamond]
-
-    @property
-    def id(self) -> int:
-        return self.kdamonds[0].slot
 
 
 class Daemon:
@@ -210,7 +180,7 @@ class Daemon:
 
     def watch(self, args: Args) -> JsonObject:
         pid = args.integer("pid", 1, MAX_PID)
-        monitoring = _monitoring(args)
+        monitoring = arguments.monitoring(args)
         args.done()
         Process(self._kernel, pid)
         self._forget_exited()
@@ -243,66 +213,19 @@ class Daemon:
         nodes = args.integers("nodes", 0, MAX_NODE, default=None)
         if nodes is None:
             nodes = memory_nodes(self._kernel)
-        schemes = [self._scheme(sub, nodes) for sub in args.subs("schemes")]
-        monitoring = _monitoring(args)
+        schemes = [arguments.scheme(sub, self._kernel, nodes) for sub in args.subs("schemes")]
+        monitoring = arguments.monitoring(args)
         args.done()
         if not schemes:
             raise invalid("damos.schemes: give at least one scheme")
         self._forget_exited()
-        run = DamosRun(schemes, self._start_scheme_kdamonds(schemes, monitoring))
+        run = self._damon.start_scheme_run(schemes, monitoring)
         self._damos[run.id] = run
         return {"id": run.id, "kdamond_pid": run.kdamonds[0].pid,
                 "nodes": sorted({node for kdamond in run.kdamonds for node in kdamond.nodes}),
                 "kdamonds": [{"kdamond": kdamond.slot, "kdamond_pid": kdamond.pid, "nodes": list(kdamond.nodes)}
                              for kdamond in run.kdamonds],
                 "schemes": [scheme.describe() for scheme in schemes]}
-
-    def _start_scheme_kdamonds(self, schemes: list[Scheme], monitoring: Monitoring) -> list[SchemeKdamond]:
-        """A kdamond for each set of nodes the schemes act on; if one cannot start, none stays on."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, scheme in enumerate(schemes):
-            groups.setdefault(tuple(scheme.nodes or ()), []).append(index)
-        started: list[SchemeKdamond] = []
-        try:
-            for nodes, indexes in groups.items():
-                slot, pid = self._damon.start_schemes([schemes[i] for i in indexes], list(nodes), monitoring)
-                started.append(SchemeKdamond(slot, pid, nodes, indexes))
-        except (OSError, GuestdError):
-            for kdamond in started:
-                self._damon.slots.stop(kdamond.slot)
-            raise
-        return started
-
-    def _scheme(self, args: Args, default_nodes: list[int]) -> Scheme:
-        action = args.text("action")
-        if action not in SCHEME_ACTIONS:
-            raise args.error("action", f"expected one of {', '.join(SCHEME_ACTIONS)}, got {action!r}")
-        target = args.integer("target_node", 0, MAX_NODE, default=None)
-        if (target is None) == action.startswith("migrate_"):
-            raise args.error("target_node", "required for migrate_hot/migrate_cold and only for them")
-        if target is not None:
-            require_memory_node(self._kernel, target, "damos")
-        nodes = args.integers("nodes", 0, MAX_NODE, default=default_nodes)
-        if not nodes:
-            raise args.error("nodes", "give at least one node (or leave it out for the request's nodes)")
-        for node in nodes:
-            require_memory_node(self._kernel, node, "damos")
-        weights = args.integers("quota_weights", 0, MAX_UINT, default=[0, 0, 0])
-        if len(weights) != 3:
-            raise args.error("quota_weights", f"expected [size, nr_accesses, age] per mille, got {weights}")
-        scheme = Scheme(
-            action, target,
-            size=_pair(args, "size", MAX_ULONG), nr_accesses=_pair(args, "nr_accesses", MAX_UINT),
-            age=_pair(args, "age", MAX_UINT),
-            quota_ms=args.integer("quota_ms", 0, MAX_UINT, default=0),
-            quota_bytes=args.integer("quota_bytes", 0, MAX_ULONG, default=0),
-            quota_reset_ms=args.integer("quota_reset_ms", 0, MAX_UINT, default=0),
-            apply_interval_us=args.integer("apply_interval_us", 0, MAX_UINT, default=0),
-            quota_weights=(weights[0], weights[1], weights[2]), nodes=tuple(sorted(set(nodes))),
-            young=args.boolean("young", default=None),
-        )
-        args.done()
-        return scheme
 
     def damos_stats(self, args: Args) -> JsonObject:
         damos = self._damos_run(args)
@@ -340,9 +263,9 @@ class Daemon:
         max_regions = args.integer("max_regions", 0, MAX_OBSERVED_REGIONS, default=MAX_OBSERVED_REGIONS)
         soft_dirty = args.boolean("soft_dirty", default=True)
         budget = args.integer("pagemap_budget_pages", 512, 1 << 24, default=DEFAULT_PAGEMAP_BUDGET)
-        node_sampling = _node_sampling(args)
+        node_sampling = arguments.node_sampling(args)
         until_us = args.integer("damon_until_us", 0, MAX_MONOTONIC_US, default=None)
-        ranges = [_query_range(sub) for sub in args.subs("ranges")]
+        ranges = [arguments.query_range(sub) for sub in args.subs("ranges")]
         args.done()
         began = time.perf_counter()
         process = Process(self._kernel, pid)
@@ -407,7 +330,7 @@ class Daemon:
         pid = args.integer("pid", 1, MAX_PID)
         node = args.integer("node", 0, MAX_NODE)
         budget = args.integer("budget_bytes", 1, MAX_ULONG)
-        ranges = [_address_range(sub) for sub in args.subs("ranges")]
+        ranges = [arguments.address_range(sub) for sub in args.subs("ranges")]
         region_ids = args.integers("regions", 0, MAX_OBSERVED_REGIONS, default=[])
         observation = args.integer("observation", 1, MAX_ULONG, default=None)
         args.done()
@@ -489,7 +412,7 @@ class Daemon:
         args.done()
         if not argv:
             raise invalid("run.argv: give the program and its arguments")
-        placement = Placement(_memory_option(memory) if memory else None, cpus)
+        placement = Placement(arguments.memory_option(memory) if memory else None, cpus)
         run, start_streaming = self._runs.start(argv, stdin, cwd, env, placement)
         self._after_reply.append(start_streaming)  # events must follow the reply that names the run
         return {"run": run.id, "pid": run.process.pid, "argv": run.argv}
@@ -503,111 +426,3 @@ class Daemon:
         except KeyError:
             raise invalid(f"kill.signal: {name!r} is not a signal name (such as TERM, KILL, INT)") from None
         return self._runs.kill(run_id, signum)
-
-
-@dataclass(frozen=True)
-class NodeSampling:
-    """How observe samples where each DAMON region's pages are."""
-
-    pages_per_region: int
-    budget_pages: int
-
-
-def _node_sampling(args: Args) -> NodeSampling | None:
-    wanted = args.boolean("region_nodes", default=False)
-    sampling = NodeSampling(
-        args.integer("region_nodes_pages", 1, 1 << 12, default=DEFAULT_REGION_NODE_PAGES),
-        args.integer("region_nodes_budget_pages", 1, 1 << 20, default=DEFAULT_REGION_NODE_BUDGET),
-    )
-    return sampling if wanted else None
-
-
-def _monitoring(args: Args) -> Monitoring:
-    defaults = Monitoring()
-    monitoring = Monitoring(
-        sample_us=args.integer("sample_us", 1, MAX_UINT, default=defaults.sample_us),
-        aggr_us=args.integer("aggr_us", 1, MAX_UINT, default=defaults.aggr_us),
-        update_us=args.integer("update_us", 1, MAX_UINT, default=defaults.update_us),
-        min_regions=args.integer("min_regions", 3, MAX_OBSERVED_REGIONS, default=defaults.min_regions),
-        max_regions=args.integer("max_regions", 3, MAX_OBSERVED_REGIONS, default=defaults.max_regions),
-    )
-    if monitoring.aggr_us < monitoring.sample_us:
-        raise args.error("aggr_us", f"must be at least sample_us ({monitoring.sample_us})")
-    if monitoring.max_regions < monitoring.min_regions:
-        raise args.error("max_regions", f"must be at least min_regions ({monitoring.min_regions})")
-    return monitoring
-
-
-def _pair(args: Args, key: str, maximum: int) -> tuple[int, int]:
-    values = args.integers(key, 0, maximum, default=[0, maximum])
-    if len(values) != 2 or values[0] > values[1]:
-        raise args.error(key, f"expected [min, max] with min <= max, got {values}")
-    return values[0], values[1]
-
-
-def _address_range(args: Args) -> AddressRange:
-    area = AddressRange(args.integer("start", 0, MAX_ADDRESS), args.integer("length", 1, MAX_ADDRESS))
-    args.done()
-    if area.end > MAX_ADDRESS:
-        raise args.error("length", f"range {area.describe()} runs past the end of the address space")
-    return area
-
-
-def _query_range(args: Args) -> RangeQuery:
-    start, length = args.integer("start", 0, MAX_ADDRESS), args.integer("length", 1, MAX_ADDRESS)
-    chunk = args.integer("chunk", PAGE_SIZE, MAX_ADDRESS, default=length)
-    stride = unaliased_stride(args.integer("stride", 1, MAX_QUERY_PAGES, default=1))
-    args.done()
-    area = AddressRange(start, length)
-    pages = length // (PAGE_SIZE * stride)
-    if area.end > MAX_ADDRESS or pages > MAX_QUERY_PAGES:
-        raise args.error("length", f"{area.describe()} at stride {stride} is {pages} pages, more than "
-                                   f"{MAX_QUERY_PAGES}; use a larger stride")
-    if length // chunk > MAX_QUERY_CHUNKS:
-        raise args.error("chunk", f"{area.describe()} in chunks of {chunk} bytes is more than {MAX_QUERY_CHUNKS}")
-    return RangeQuery(area, chunk, stride)
-
-
-def _memory_option(memory: Args) -> str:
-    given = [policy for policy in MEMORY_POLICIES if memory.has(policy)]
-    if len(given) != 1:
-        raise memory.error("|".join(MEMORY_POLICIES), "give exactly one memory policy")
-    policy = given[0]
-    if policy == "preferred":
-        nodes: list[int] | str = [memory.integer(policy, 0, MAX_NODE)]
-    else:
-        nodes = memory.ids_or_all(policy, MAX_NODE)
-    memory.done()
-    if not nodes:
-        raise memory.error(policy, "give at least one node, or \"all\"")
-    listed = nodes if isinstance(nodes, str) else ",".join(map(str, nodes))
-    return f"--{policy}={listed}"
-
-
-def serve(daemon: Daemon, requests: BinaryIO) -> None:
-    """Answer request lines until EOF; the caller closes the daemon."""
-    while True:
-        line = requests.readline(MAX_LINE_BYTES + 1)
-        if not line:
-            return
-        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-            _discard_rest_of_line(requests)
-            daemon.reject(f"request line longer than {MAX_LINE_BYTES} bytes; ignored")
-        else:
-            daemon.handle_line(line)
-
-
-def _discard_rest_of_line(requests: BinaryIO) -> None:
-    while True:
-        part = requests.readline(MAX_LINE_BYTES)
-        if not part or part.endswith(b"\n"):
-            return
-
-
-def install_exit_signals() -> None:
-    """SIGTERM and SIGHUP unwind the loop like EOF, so cleanup runs."""
-    def leave(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, leave)
-    signal.signal(signal.SIGHUP, leave)

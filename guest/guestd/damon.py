@@ -166,6 +166,28 @@ class KdamondSlots:
 
 
 @dataclass(frozen=True)
+class SchemeKdamond:
+    """A paddr kdamond running the schemes of one ``damos`` request that act on the same nodes."""
+
+    slot: int
+    pid: int
+    nodes: tuple[int, ...]
+    indexes: list[int]  # into the request's schemes, in the kdamond's order
+
+
+@dataclass(frozen=True)
+class DamosRun:
+    """The schemes of one ``damos`` request, named by its first kdamond's slot."""
+
+    schemes: list[Scheme]  # in request order
+    kdamonds: list[SchemeKdamond]
+
+    @property
+    def id(self) -> int:
+        return self.kdamonds[0].slot
+
+
+@dataclass(frozen=True)
 class Watch:
     """DAMON vaddr monitoring of one process, read through a trace instance or sysfs."""
 
@@ -258,6 +280,22 @@ class Damon:
         for index, (start, end) in enumerate(ranges):
             settings += [(f"{regions}/{index}/start", start), (f"{regions}/{index}/end", end)]
         return self.slots.start(settings + schemes_settings(schemes))
+
+    def start_scheme_run(self, schemes: list[Scheme], monitoring: Monitoring) -> DamosRun:
+        """A paddr kdamond for each set of nodes the schemes act on; if one cannot start, none stays on."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, scheme in enumerate(schemes):
+            groups.setdefault(tuple(scheme.nodes or ()), []).append(index)
+        started: list[SchemeKdamond] = []
+        try:
+            for nodes, indexes in groups.items():
+                slot, pid = self.start_schemes([schemes[i] for i in indexes], list(nodes), monitoring)
+                started.append(SchemeKdamond(slot, pid, nodes, indexes))
+        except (OSError, GuestdError):
+            for kdamond in started:
+                self.slots.stop(kdamond.slot)
+            raise
+        return DamosRun(schemes, started)
 
     def scheme_stats(self, slot: int, count: int) -> list[dict[str, int]]:
         """Each scheme's counters (nr_tried, sz_applied, ...), refreshed from the running kdamond."""
