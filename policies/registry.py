@@ -13,7 +13,7 @@ minus what the policy scores is what reading the texts contributed.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -27,6 +27,7 @@ from policies.kernel_tiering import KernelTiering
 from policies.llamas import LlamasPolicy
 from policies.llamas_backend import BackendPolicy
 from policies.llamas_direct import DirectSettings, LlamasDirectPolicy
+from policies.llm_client import uses_embedded_server
 from testbed.errors import UserError
 from testbed.values import PolicyKind
 
@@ -105,6 +106,16 @@ def with_twins(names: tuple[str, ...]) -> tuple[str, ...]:
         if twin is not None and twin not in names:
             expanded.append(twin)
     return tuple(expanded)
+
+
+LLM_KINDS = (PolicyKind.LLM, PolicyKind.TWIN)
+
+
+def embedded_model_for(names: Iterable[str]) -> str | None:
+    """The embedded model to serve while these policies run: None when none may ask an LLM (a twin runs its
+    LLM policy's code, so it may), or when another endpoint or a replay answers."""
+    model = uses_embedded_server()
+    return model if model is not None and any(policy_kind(name) in LLM_KINDS for name in names) else None
 
 
 def policy_kind(name: str) -> PolicyKind:

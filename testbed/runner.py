@@ -8,14 +8,16 @@ run, and the summary, report and plots computed from those files alone.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from policies.registry import BOUNDS, make_policy
+from policies.registry import BOUNDS, embedded_model_for, make_policy
 from testbed.catalog import REPO_ROOT
 from testbed.experiment import Experiment
 from testbed.image import build_image
+from testbed.llm_server import running_server
 from testbed.orchestrator import run_policy
 from testbed.report import result_table, write_results
 from testbed.rundir import copy_catalog, record_accelerator, run_path, write_manifest
@@ -32,7 +34,16 @@ def default_run_dir(experiment: Experiment) -> Path:
 
 
 def run_experiment(experiment: Experiment, run_dir: Path, progress: Progress = print) -> Path:
-    """Run every policy (and repeat) of ``experiment``; the run directory is valid after each one."""
+    """Run every policy (and repeat) of ``experiment``; the run directory is valid after each one.
+
+    The embedded LLM server runs for the experiment when one of its policies may ask an LLM and no other
+    endpoint is configured (started for it and stopped after, unless it was already running)."""
+    model = embedded_model_for(experiment.policies)
+    with running_server(model) if model is not None else contextlib.nullcontext():
+        return _run_policies(experiment, run_dir, progress)
+
+
+def _run_policies(experiment: Experiment, run_dir: Path, progress: Progress) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     image = build_image(log=progress)
     copy_catalog(experiment, run_dir)

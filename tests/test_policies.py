@@ -9,7 +9,7 @@ import pytest
 
 from policies.damos import Damos
 from policies.hot_cold import HotCold, HotColdSettings
-from policies.registry import BOUNDS, known_policies, make_policy, policy_kind
+from policies.registry import BOUNDS, embedded_model_for, known_policies, make_policy, policy_kind
 from policies.tiers import demotion_targets, speed_order
 from testbed.errors import UserError
 from testbed.units import MIB
@@ -272,3 +272,17 @@ def test_a_nearly_promoted_region_does_not_use_up_the_demotion_queue() -> None:
     assert (300, 0) in targets  # the hot region on the slow node is promoted ...
     assert any(node == 1 for _, node in targets)  # ... after cold data makes room for it
     assert all(start != 200 for start, _ in targets)  # and the noise is left alone
+
+
+@pytest.mark.parametrize(("policies", "llm", "expected"), [
+    (("first-touch", "hot-cold", "oracle"), "local", None),  # nothing asks an LLM: no server
+    (("first-touch", "llamas", "llamas-blind"), "local", "qwen1.5b"),
+    (("llamas-blind",), "local:smollm2", "smollm2"),  # a twin runs its LLM policy's code
+    (("llamas",), "http://127.0.0.1:9/v1", None),  # another endpoint answers
+    (("llamas",), "replay:/nonexistent/llm-transcript.jsonl", None),  # a recorded transcript answers
+])
+def test_the_embedded_llm_server_runs_only_for_llm_policies_and_only_when_no_other_endpoint_is_set(
+        monkeypatch: pytest.MonkeyPatch, policies: tuple[str, ...], llm: str, expected: str | None) -> None:
+    monkeypatch.setenv("LLAMAS_LLM", llm)
+    monkeypatch.setenv("LLAMAS_LLM_MODEL", "served-model")
+    assert embedded_model_for(policies) == expected

@@ -5,15 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from policies.llm_client import uses_embedded_server
-from policies.registry import policy_kind
 from testbed.experiment import load_experiment
-from testbed.llm_server import running_server
 from testbed.runner import default_run_dir, run_experiment
-from testbed.values import PolicyKind
 
 DEMO_EXPERIMENT = "demo"
-LLM_KINDS = (PolicyKind.LLM, PolicyKind.TWIN)  # a twin runs its LLM policy's code: it may ask the LLM too
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,12 +31,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.repeats is not None:
         experiment = experiment.with_repeats(args.repeats)
     run_dir = args.out or default_run_dir(experiment)
-    model = uses_embedded_server()
-    if model is not None and any(policy_kind(name) in LLM_KINDS for name in experiment.policies):
-        with running_server(model):  # started for this run, stopped after it unless it was already running
-            run_experiment(experiment, run_dir)
-    else:
-        run_experiment(experiment, run_dir)
+    run_experiment(experiment, run_dir)
     print(f"\nrun directory: {run_dir} (report.md, summary.json, plots/)")
     return 0
 
