@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from testbed.units import MIB
 from testbed.values import Migrate, NodeView, RegionView
 
 # The kernel keeps some memory free for itself: Linux keeps each node's free memory above its zone
@@ -29,7 +30,7 @@ from testbed.values import Migrate, NodeView, RegionView
 # slab and page cache take memory from the same nodes; a move into a node at its watermark makes the kernel
 # reclaim or fail the move page by page. 64 MiB covers both; a move that would take a node below it is
 # refused.
-HEADROOM = 64 * 2**20
+HEADROOM = 64 * MIB
 UNSAMPLED = -1  # the node an unsampled region's pages count as being on: no node a move can target
 
 
