@@ -27,6 +27,8 @@ from testbed.table import render_table
 from testbed.timeline import RunStatus, Timeline, read_timeline
 from testbed.vms import booter
 
+TARGET_SPREAD = 0.02  # (max - min) / median between repeats that would let a report rank small gaps
+
 
 def repeats(experiment: Experiment, policy: str, count: int, barrier: bool, out: Path) -> list[Timeline]:
     image = build_image(log=lambda line: None)
@@ -71,7 +73,7 @@ def main() -> None:
         out = args.out or Path(scratch)
         rows = [row(label, experiment, repeats(experiment, args.policy, args.repeats, barrier, out))
                 for label, barrier in (("free-running (before)", False), ("epoch barrier", True))]
-    print(f"{args.policy} on {args.spec}, {args.repeats} repeats each\n")
+    print(f"{args.policy} on {args.spec}, {args.repeats} repeats each; target: a spread under {TARGET_SPREAD:.0%}\n")
     print(render_table(("workload", "median s", "range s", "spread", "truths", "residencies", "moved MiB",
                         "DAMON regions", "late epochs"), rows))
 
