@@ -33,7 +33,7 @@ from testbed.values import PolicyKind
 
 NOISE = (f"A difference is beyond noise when the 95% bootstrap interval of the difference of medians excludes 0 and "
          f"both sides ran at least {MIN_REPEATS} times; otherwise the report says \"within noise\" (or \"noise "
-         "unknown\" with a single run) and ranks nothing.")
+         "unknown\" with a single run) and ranks nothing. \"A against B\" is A's median modeled time minus B's.")
 
 
 def write_results(run_dir: Path, with_plots: bool = True) -> Summary:

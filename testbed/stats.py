@@ -72,7 +72,8 @@ def words(found: Difference) -> str:
     low, high = found.interval
     if not found.beyond_noise and min(found.runs) >= MIN_REPEATS:
         value, low_text, high_text = fixed((found.value, low, high))
-        return f"within noise ({_signed(value)} s [{low_text}, {high_text}])"
+        # The signed difference, not "faster" or "slower": inside the noise there is no direction to name.
+        return f"within noise (median difference {_signed(value)} s, interval [{low_text}, {high_text}] holds 0)"
     # Said as an amount faster or slower, with the interval of that amount.
     faster = found.value < 0
     amount, least, most = fixed((-found.value, -high, -low) if faster else (found.value, low, high))

@@ -45,7 +45,7 @@ def test_one_run_a_side_is_never_beyond_noise() -> None:
 def test_identical_runs_are_within_noise() -> None:
     found = difference([2.0, 2.0, 2.0], [2.0, 2.0, 2.0])
     assert found == Difference(0.0, (0.0, 0.0), (3, 3))
-    assert words(found) == "within noise (+0.00 s [0.00, 0.00])"
+    assert words(found) == "within noise (median difference +0.00 s, interval [0.00, 0.00] holds 0)"
 
 
 def test_numbers_line_up_at_three_significant_digits_of_the_largest() -> None:
