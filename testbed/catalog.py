@@ -38,6 +38,35 @@ MIN_BOOT_NODE = 512 * 2**20
 DEFAULT_CROSS_SOCKET = Link(latency_ns=70.0, bandwidth=40e9)
 
 
+@dataclass(frozen=True)
+class Plausible:
+    """A quantity in a device or system file and the range it must be in: outside it, it is
+    a slip (``80 ms`` for ``80 ns``), not a memory."""
+
+    kind: str  # "memory latency"
+    convert: Callable[[object], float]  # the text as written -> the internal unit
+    unit: str  # the internal unit, for the message
+    low: float
+    high: float
+    shown: tuple[str, str]  # low and high as a user writes them
+
+    def parse(self, value: object) -> float:
+        number = self.convert(value)
+        if not self.low <= number <= self.high:
+            raise ValueError(f"{value} is {number:.15g} {self.unit}; a {self.kind} is between "
+                             f"{self.shown[0]} and {self.shown[1]}")
+        return number
+
+
+# No memory answers a load in under 1 ns (that is a register or cache) or takes over 100 us (that is
+# storage); the catalog's devices span 50 ns (RAT's hot case) to 900 ns (Optane writes).
+MEMORY_LATENCY = Plausible("memory latency", parse_latency, "ns", 1.0, 100e3, ("1ns", "100us"))
+# 1 MB/s is below any memory bus; 10 TB/s is several HBM3 stacks. The catalog spans 2.5GB/s to 400GB/s.
+MEMORY_BANDWIDTH = Plausible("memory bandwidth", parse_bandwidth, "B/s", 1e6, 10e12, ("1MB/s", "10TB/s"))
+# What crossing sockets adds; zero is allowed (a link as fast as local memory).
+LINK_LATENCY = Plausible("cross-socket latency", parse_latency, "ns", 0.0, 100e3, ("0ns", "100us"))
+
+
 def default_catalog() -> Catalog:
     return Catalog(Path(os.environ.get("LLAMAS_CATALOG", DEFAULT_CATALOG)))
 
@@ -93,10 +122,10 @@ def parse_device(data: object, path: Path) -> Device:
     device = Device(
         name=fields.text("name"),
         kind=fields.get("kind", choice(DeviceKind)),
-        read_latency_ns=fields.get("read_latency", _positive(parse_latency)),
-        write_latency_ns=fields.get("write_latency", _positive(parse_latency)),
-        read_bandwidth=fields.get("read_bandwidth", _positive(parse_bandwidth)),
-        write_bandwidth=fields.get("write_bandwidth", _positive(parse_bandwidth)),
+        read_latency_ns=fields.get("read_latency", MEMORY_LATENCY.parse),
+        write_latency_ns=fields.get("write_latency", MEMORY_LATENCY.parse),
+        read_bandwidth=fields.get("read_bandwidth", MEMORY_BANDWIDTH.parse),
+        write_bandwidth=fields.get("write_bandwidth", MEMORY_BANDWIDTH.parse),
         emulation=fields.get("emulation", choice(Emulation)),
         description=fields.text("description"),
         latency_model=_latency_model(fields) if fields.has("latency_model") else None,
@@ -111,8 +140,8 @@ def _latency_model(fields: Fields) -> FrequencyLatency:
     model = fields.sub("latency_model")
     model.get("type", choice(_LatencyModelType))
     result = FrequencyLatency(
-        hot_latency_ns=model.get("hot_latency", _positive(parse_latency)),
-        cold_latency_ns=model.get("cold_latency", _positive(parse_latency)),
+        hot_latency_ns=model.get("hot_latency", MEMORY_LATENCY.parse),
+        cold_latency_ns=model.get("cold_latency", MEMORY_LATENCY.parse),
         hot_rate=model.get("hot_rate", _positive(parse_rate)),
     )
     model.done()
@@ -214,8 +243,8 @@ def _check_nodes(fields: Fields, nodes: list[MemoryNode], socket_count: int) -> 
 
 
 def _link(fields: Fields) -> Link:
-    link = Link(latency_ns=fields.get("latency", parse_latency),
-                bandwidth=fields.get("bandwidth", _positive(parse_bandwidth)))
+    link = Link(latency_ns=fields.get("latency", LINK_LATENCY.parse),
+                bandwidth=fields.get("bandwidth", MEMORY_BANDWIDTH.parse))
     fields.done()
     return link
 

@@ -67,7 +67,7 @@ class QemuMachine:
         return str(self.pid)
 
     def start(self) -> None:
-        log = (self.vm.files.directory / "qemu.log").open("ab")
+        log = self.vm.files.qemu_log.open("ab")
         # A session of its own: Ctrl-C in the terminal reaches us, not QEMU; we stop it ourselves.
         process = subprocess.Popen(qemu_argv(self.vm), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    start_new_session=True)

@@ -40,6 +40,11 @@ class VmFiles:
     def qmp(self) -> Path:
         return self.directory / "qmp.sock"
 
+    @property
+    def qemu_log(self) -> Path:
+        """QEMU's own stdout and stderr (the QEMU backend only)."""
+        return self.directory / "qemu.log"
+
     def nvdimm(self, node: MemoryNode) -> Path:
         return self.directory / f"nvdimm{node.id}.img"
 
@@ -103,6 +108,12 @@ def cxl_args(system: System) -> list[str]:
 def _cpus(system: System) -> list[str]:
     sockets = len(system.sockets)
     return ["-smp", f"cpus={system.cpu_count},sockets={sockets},cores={system.cpu_count // sockets},threads=1"]
+
+
+def guest_memory(system: System) -> int:
+    """Bytes of host memory the memory-backend objects ask for: every NUMA node's RAM, every CXL
+    window's RAM and every NVDIMM's backing file (with its extra block)."""
+    return sum(node.backing_size for node in system.nodes)
 
 
 def _memory_size(system: System) -> list[str]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import shutil
 import socket
 import time
@@ -30,7 +32,7 @@ from testbed.machine import Machine, VmBackend, make_machine
 from testbed.model import Emulation, System
 from testbed.paths import cache_dir, state_dir
 from testbed.proc import run
-from testbed.render_qemu import QEMU_BINARY, GuestBoot, VmConfig, VmFiles, machine_args
+from testbed.render_qemu import QEMU_BINARY, GuestBoot, VmConfig, VmFiles, guest_memory, machine_args
 from testbed.ssh import GuestShell, known_hosts_line
 
 # Kernel arguments measured to shorten a TCG boot (each saves boot time under TCG); panic=-1 with
@@ -41,6 +43,7 @@ READY_MARKER = "LLAMAS_READY"
 GUEST_DAEMON = "guestd"  # installed by the image; speaks guest/PROTOCOL.md on stdin/stdout
 BOOT_TIMEOUT = {Accelerator.KVM: 60.0, Accelerator.TCG: 180.0}
 RESTORE_TIMEOUT = 60.0
+MEMINFO = Path("/proc/meminfo")
 Log = Callable[[str], None]
 
 
@@ -150,6 +153,7 @@ def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = No
     """
     catalog = catalog or default_catalog()
     system = catalog.load_system(system_ref)
+    check_host_memory(system)
     image = image or require_image()
     chosen = choose_accel(accel)
     log(f"accelerator: {chosen.name} ({chosen.reason})")
@@ -172,6 +176,31 @@ def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = No
     except BaseException:
         vm.down()
         raise
+
+
+def check_host_memory(system: System, meminfo: Path = MEMINFO) -> None:
+    """Refuse a guest whose memory the host cannot give: QEMU would fail to allocate it, or the
+    host would swap or kill something, and the VM would stop during boot without a word."""
+    needed = guest_memory(system)
+    available = host_available_memory(meminfo)
+    if available is not None and needed > available:
+        raise UserError(f"{system.name}: the guest needs {_gib(needed, math.ceil)} of memory, this host has "
+                        f"{_gib(available, math.floor)} available (MemAvailable in {meminfo})")
+
+
+def host_available_memory(meminfo: Path = MEMINFO) -> int | None:
+    """MemAvailable in bytes: what the host can give without swapping; None where it does not say."""
+    try:
+        text = meminfo.read_text()
+    except OSError:
+        return None
+    found = re.search(r"^MemAvailable:\s+(\d+) kB$", text, re.MULTILINE)
+    return int(found[1]) * 1024 if found else None
+
+
+def _gib(size: int, rounding: Callable[[float], int]) -> str:
+    """``size`` in GiB to one decimal, rounded so that a shortfall still shows (needed up, available down)."""
+    return f"{rounding(size / 2**30 * 10) / 10:g}GiB"
 
 
 def booter(system: System, catalog: Catalog, image: Image | None = None, log: Log = print) -> Callable[[str], Vm]:
@@ -249,7 +278,7 @@ def _wait_ready(vm: Vm, machine: Machine, timeout: float) -> None:
     while READY_MARKER not in vm.files.console.read_text(errors="replace"):
         if not machine.alive():
             raise BootFailed(f"{vm.name}: the VM stopped during boot. Console ({vm.files.console}), last "
-                             f"lines:\n{vm.console_tail()}")
+                             f"lines:\n{vm.console_tail()}{qemu_output(vm.files)}")
         if time.monotonic() > deadline:
             raise BootFailed(f"{vm.name}: not ready after {timeout:.0f} s. Console ({vm.files.console}), "
                              f"last lines:\n{vm.console_tail()}")
@@ -307,10 +336,21 @@ def snapshot_key(vm: Vm) -> str:
 
 
 def console_tail(console: Path, lines: int) -> str:
-    if not console.exists():
-        return "(no console output)"
-    text = console.read_text(errors="replace").replace("\r", "")
-    return "\n".join(text.strip().splitlines()[-lines:]) or "(no console output)"
+    return _tail(console, lines) or "(no console output)"
+
+
+def qemu_output(files: VmFiles, lines: int = 10) -> str:
+    """QEMU's last words (why it would not start, e.g. "cannot set up guest memory"), as a paragraph
+    for an error message; empty when it said nothing or is not ours to read (libvirt keeps its own log)."""
+    tail = _tail(files.qemu_log, lines)
+    return f"\nQEMU ({files.qemu_log}), last lines:\n{tail}" if tail else ""
+
+
+def _tail(path: Path, lines: int) -> str:
+    if not path.exists():
+        return ""
+    text = path.read_text(errors="replace").replace("\r", "")
+    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def _free_port() -> int:

@@ -16,17 +16,29 @@ T = TypeVar("T")
 _MISSING = object()
 
 
-def load_yaml(path: Path) -> Any:
+def read_user_text(path: Path) -> str:
+    """The text of a file the user wrote: UTF-8 (a byte-order mark is allowed), or a ConfigError."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as error:
         raise ConfigError(path, "", f"cannot read: {error.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(path, "", f"not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})") from None
+
+
+def load_yaml(path: Path) -> Any:
+    text = read_user_text(path)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error)
+        if isinstance(error, yaml.reader.ReaderError):  # a control character: no mark, only an offset
+            where = f"line {text.count(chr(10), 0, error.position) + 1}"
+        # str() of a YAML error spans lines ("in <unicode string>, position 4"): keep its first.
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(path, where, f"not valid YAML: {problem}") from None
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.catalog import Catalog, default_catalog
+from testbed.catalog import DEFAULT_CATALOG, MEMORY_BANDWIDTH, MEMORY_LATENCY, Catalog, default_catalog
 from testbed.cli import main
 from testbed.errors import ConfigError
 from testbed.model import DeviceKind, Emulation
@@ -84,6 +84,25 @@ def test_a_system_file_may_name_a_device_file_next_to_it(tmp_path: Path) -> None
     assert system.nodes[1].device.read_latency_ns == 2000
 
 
+# (file, field, value written, problem): quantities that parse but no memory has.
+IMPLAUSIBLE = [
+    ("ddr5-local.yaml", "read_latency", "80 ms", "80 ms is 80000000 ns; a memory latency is between 1ns and 100us"),
+    ("ddr5-local.yaml", "write_latency", "0.5ns", "0.5ns is 0.5 ns; a memory latency is between 1ns and 100us"),
+    ("rat.yaml", "latency_model.hot_latency", "50ps", "a memory latency is between 1ns and 100us"),
+    ("ddr5-local.yaml", "read_bandwidth", "64KB/s", "64KB/s is 64000 B/s; a memory bandwidth is between 1MB/s and"),
+    ("hbm.yaml", "write_bandwidth", "400TB/s", "a memory bandwidth is between 1MB/s and 10TB/s"),
+    ("systems/two-socket-cxl.yaml", "cross_socket.latency", "60ms", "60000000 ns; a cross-socket latency is between"),
+]
+
+
+def implausible(file: str, field: str, written: str, problem: str) -> tuple[str, tuple[str, str], str, str]:
+    """A case of the test below: ``field``'s line in the catalog file, with ``written`` as its value."""
+    key = field.rsplit(".", 1)[-1]
+    line = next(line for line in (DEFAULT_CATALOG / file).read_text().splitlines()
+                if line.lstrip().startswith(f"{key}: "))
+    return file, (line, f"{line.split(':')[0]}: {written}"), field, problem
+
+
 @pytest.mark.parametrize(("file", "change", "field", "problem"), [
     ("cxl-expander.yaml", ("read_latency: 250ns", "read_latency: 250"), "read_latency", "with a unit"),
     ("cxl-expander.yaml", ("read_latency: 250ns", "read_latency: -250ns"), "read_latency", "non-negative"),
@@ -109,6 +128,7 @@ def test_a_system_file_may_name_a_device_file_next_to_it(tmp_path: Path) -> None
     ("systems/dram-cxl.yaml", ("sockets:\n  - cpus: 2", "sockets:\n  - cpus: 0"), "sockets[0].cpus", ">= 1"),
     ("systems/dram-cxl.yaml", ("sockets:\n  - cpus: 2", "sockets:\n  - cpus: 2\n  - cpus: 1"), "sockets",
      "same number of cpus"),
+    *(implausible(*case) for case in IMPLAUSIBLE),
 ])
 def test_broken_yaml_is_one_line_naming_file_and_field(catalog_copy: Catalog, file: str, change: tuple[str, str],
                                                        field: str, problem: str,
@@ -123,6 +143,34 @@ def test_broken_yaml_is_one_line_naming_file_and_field(catalog_copy: Catalog, fi
     assert len(err.splitlines()) == 1
     assert err.startswith(f"llamas: {path}: {field}: ")
     assert problem in err
+
+
+def test_the_plausible_ranges_include_their_bounds() -> None:
+    assert (MEMORY_LATENCY.parse("1ns"), MEMORY_LATENCY.parse("100us")) == (1.0, 100e3)
+    assert (MEMORY_BANDWIDTH.parse("1MB/s"), MEMORY_BANDWIDTH.parse("10TB/s")) == (1e6, 10e12)
+    with pytest.raises(ValueError, match="between 1ns and 100us"):
+        MEMORY_LATENCY.parse("100.1us")
+
+
+@pytest.mark.parametrize(("file", "content", "problem"), [
+    ("cxl-expander.yaml", b"\xff\xfe\x00bad", "not UTF-8 text (byte 0xff at offset 0)"),
+    ("systems/dram-cxl.yaml", b"name: dram-cxl\ndescription: caf\xe9\n", "not UTF-8 text (byte 0xe9 at offset 31)"),
+    ("hbm.yaml", b"name: hbm\nkind: \x00\n", "line 2: not valid YAML: unacceptable character #x0000"),
+])
+def test_a_file_that_is_not_text_is_one_line(catalog_copy: Catalog, file: str, content: bytes, problem: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = catalog_copy.root / file
+    path.write_bytes(content)
+    assert main(["show", "dram-cxl"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"llamas: {path}: {problem}")
+
+
+def test_a_utf8_byte_order_mark_is_text(catalog_copy: Catalog) -> None:
+    path = catalog_copy.root / "hbm.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert catalog_copy.devices()["hbm"].read_bandwidth == 400e9
 
 
 def test_two_files_defining_one_device_name_is_an_error(catalog_copy: Catalog) -> None:
