@@ -23,6 +23,7 @@ from testbed.render_qemu import VmConfig, qemu_argv
 
 LIBVIRT_SYSTEM_URI = "qemu:///system"
 LIBVIRT_SESSION_URI = "qemu:///session"
+SETPRIV = "setpriv"  # util-linux, essential on Debian
 
 
 class VmBackend(StrEnum):
@@ -48,18 +49,28 @@ class Machine(Protocol):
         """What finds this VM again from another process: a pid or a domain name."""
 
 
-def make_machine(backend: VmBackend, vm: VmConfig, name: str, handle: str | None = None) -> Machine:
+def make_machine(backend: VmBackend, vm: VmConfig, name: str, handle: str | None = None, *,
+                 owned: bool = False) -> Machine:
+    """``owned``: the VM is this process's alone (a run's) and must not outlive it, even if the process is
+    killed (QEMU only: a libvirt domain belongs to libvirtd)."""
     if backend == VmBackend.QEMU:
-        return QemuMachine(vm, int(handle) if handle else None)
+        return QemuMachine(vm, int(handle) if handle else None, owned=owned)
     return LibvirtMachine(vm, handle or f"llamas-{name}")
+
+
+def tied_to_caller(argv: list[str]) -> list[str]:
+    """``argv`` run so that the kernel sends it SIGTERM when the thread that started it dies, however it dies
+    (``kill -9`` included): util-linux's setpriv sets the parent-death signal, which survives the exec."""
+    return [SETPRIV, "--pdeathsig", "TERM", "--", *argv]
 
 
 class QemuMachine:
     backend = VmBackend.QEMU
 
-    def __init__(self, vm: VmConfig, pid: int | None = None) -> None:
+    def __init__(self, vm: VmConfig, pid: int | None = None, owned: bool = False) -> None:
         self.vm = vm
         self.pid = pid
+        self.owned = owned
         self._process: subprocess.Popen[bytes] | None = None  # set when this process started QEMU
 
     @property
@@ -69,8 +80,10 @@ class QemuMachine:
     def start(self) -> None:
         log = self.vm.files.qemu_log.open("ab")
         # A session of its own: Ctrl-C in the terminal reaches us, not QEMU; we stop it ourselves.
-        process = subprocess.Popen(qemu_argv(self.vm), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                   start_new_session=True)
+        argv = qemu_argv(self.vm)
+        # Started from the runner's main thread, so "its parent dies" means the run's process ended.
+        process = subprocess.Popen(tied_to_caller(argv) if self.owned else argv, stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=log, start_new_session=True)
         log.close()
         self._process = process
         self.pid = process.pid

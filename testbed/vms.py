@@ -144,12 +144,13 @@ class Vm:
 
 def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = None,
        backend: VmBackend = VmBackend.QEMU, accel: Accelerator | None = None, warm: bool = True,
-       extra_cmdline: str = "", image: Image | None = None, log: Log = print) -> Vm:
+       extra_cmdline: str = "", image: Image | None = None, log: Log = print, owned: bool = False) -> Vm:
     """Start a VM for a system (a name in ``catalog``, or a path) and return it ready: SSH works and
     every device is a NUMA node.
 
     ``image`` defaults to the one built from the current code; an experiment passes the one it
-    started with, so that its runs stay comparable whatever changes meanwhile.
+    started with, so that its runs stay comparable whatever changes meanwhile. ``owned``: the VM dies
+    with this process, however it ends (a run's VM; ``llamas up`` leaves its VM running).
     """
     catalog = catalog or default_catalog()
     system = catalog.load_system(system_ref)
@@ -168,7 +169,7 @@ def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = No
     (directory / "known_hosts").write_text(known_hosts_line(record.ssh_port, image.host_key))
     record.write(directory)
     try:
-        return _start(vm, warm, log)
+        return _start(vm, warm, log, owned)
     except BootFailed:
         vm.close()
         vm.machine.stop()  # the directory stays, with its console log, until `llamas down`
@@ -206,33 +207,33 @@ def _gib(size: int, rounding: Callable[[float], int]) -> str:
 def booter(system: System, catalog: Catalog, image: Image | None = None, log: Log = print) -> Callable[[str], Vm]:
     """A factory of ready VMs of ``system``, each named by its caller (one per policy run)."""
     def boot(name: str) -> Vm:
-        return up(str(system.source), catalog=catalog, name=name, image=image, log=log)
+        return up(str(system.source), catalog=catalog, name=name, image=image, log=log, owned=True)
     return boot
 
 
-def _start(vm: Vm, warm: bool, log: Log) -> Vm:
+def _start(vm: Vm, warm: bool, log: Log, owned: bool) -> Vm:
     # Named after the image first, so that a new image build can drop the states of older ones.
     snapshot = Snapshot(cache_dir() / "snapshots" / f"{vm.image.key}-{snapshot_key(vm)}")
     if warm and snapshot.exists():
         try:
-            return _restore(vm, snapshot, log)
+            return _restore(vm, snapshot, log, owned)
         except UserError as error:
             log(f"warm start failed ({error}); discarding the saved state and booting cold")
             vm.machine.stop()
             snapshot.discard()
-    _cold_boot(vm, log)
+    _cold_boot(vm, log, owned)
     if not warm:
         return vm
     log("saving the ready VM for warm starts")
     vm.close()
     snapshot.save_from(vm)
-    return _restore(vm, snapshot, log)
+    return _restore(vm, snapshot, log, owned)
 
 
-def _cold_boot(vm: Vm, log: Log) -> None:
+def _cold_boot(vm: Vm, log: Log, owned: bool) -> None:
     started = time.monotonic()
     _prepare_files(vm, vm.image.disk)
-    machine = make_machine(vm.record.backend, vm.config(), vm.name)
+    machine = make_machine(vm.record.backend, vm.config(), vm.name, owned=owned)
     machine.start()
     _update(vm, handle=machine.handle)
     _wait_ready(vm, machine, BOOT_TIMEOUT[vm.record.accel])
@@ -244,10 +245,10 @@ def _cold_boot(vm: Vm, log: Log) -> None:
         f"{vm.record.accel})")
 
 
-def _restore(vm: Vm, snapshot: Snapshot, log: Log) -> Vm:
+def _restore(vm: Vm, snapshot: Snapshot, log: Log, owned: bool) -> Vm:
     started = time.monotonic()
     _prepare_files(vm, snapshot.disk)
-    machine = make_machine(vm.record.backend, vm.config(incoming=snapshot.state), vm.name)
+    machine = make_machine(vm.record.backend, vm.config(incoming=snapshot.state), vm.name, owned=owned)
     machine.start()
     _update(vm, handle=machine.handle)
     # The guest's clock stopped at save time; set it from the host's.

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -91,3 +96,40 @@ def test_a_qemu_that_exits_during_boot_is_quoted_in_the_error(tmp_path: Path,
     message = str(failure.value)
     assert "the VM stopped during boot" in message and "(no console output)" in message
     assert f"QEMU ({vm.files.qemu_log}), last lines:\nqemu-system-x86_64: cannot set up guest memory" in message
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":  # exited, waiting for init to reap it
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_runs_vm_process_dies_with_the_run_even_when_the_run_is_killed(tied: bool) -> None:
+    # A stand-in for `llamas run`: it starts a long child (QEMU's place) as QemuMachine.start does, then is
+    # killed with SIGKILL, which runs no cleanup of its own.
+    starter = ("import subprocess, sys\n"
+               "from testbed.machine import tied_to_caller\n"
+               "argv = ['sleep', '60']\n"
+               f"child = subprocess.Popen(tied_to_caller(argv) if {tied} else argv, start_new_session=True)\n"
+               "print(child.pid, flush=True)\n"
+               "sys.stdin.read()\n")
+    run = subprocess.Popen([sys.executable, "-c", starter], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert run.stdout is not None
+    child = int(run.stdout.readline())
+    try:
+        time.sleep(0.3)  # setpriv has exec'd the child by now
+        assert not _gone(child, within=0.1)
+        run.kill()
+        run.wait(timeout=10)
+        assert _gone(child, within=5) is tied
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
