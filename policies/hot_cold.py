@@ -118,10 +118,8 @@ class Plan:
         self.moved.add(region.view.id)
 
     def actions(self) -> list[Action]:
-        """Demotions first: the promotions need the room they make."""
-        def by_address(moves: list[Migrate]) -> list[Migrate]:
-            return sorted(moves, key=lambda move: move.start)
-        return [*merged(by_address(self.demotions)), *merged(by_address(self.promotions))]
+        """Demotions first: the promotions need the room they make; each merged in address order."""
+        return [*merged(sorted(self.demotions, key=_start)), *merged(sorted(self.promotions, key=_start))]
 
 
 class HotCold(Policy):
@@ -236,3 +234,6 @@ def _carried_over(views: Sequence[RegionView], memory: Sequence[Tracked]) -> lis
         carried.append((weighted / covered if covered else None, streak))
     return carried
 
+
+def _start(move: Migrate) -> int:
+    return move.start

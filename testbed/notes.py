@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # the summary's own types; it calls this module, so only for 
     from testbed.summary import Bounds, Reference, RunResult
 
 
-
 def notes(manifest: Manifest, system: System, runs: list[Run], results: list[RunResult],
           reference: Reference | None, bounds: Bounds) -> list[str]:
     found = [_migration_note(manifest)]

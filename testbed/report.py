@@ -57,7 +57,7 @@ def result_table(summary: Summary) -> str:
                "vs text-blind twin")
     rows = [[_label(name, policy), policy.kind or "?", _runs(policy), _seconds(policy.metrics.modeled_time_s),
              _interval(policy), _percent(policy.comparisons.gap_closed),
-             _against(policy.comparisons.vs_best_baseline), _text(policy.comparisons.text_contribution)]
+             _against(policy.comparisons.vs_best_baseline), _against(policy.comparisons.text_contribution, flip=True)]
             for name, policy in summary.policies.items()]
     return render_table(headers, [*rows, _lower_bound_row(summary, len(headers))])
 
@@ -120,7 +120,8 @@ def _comparison_lines(summary: Summary) -> list[str]:
 
 
 def _text_lines(summary: Summary) -> list[str]:
-    return [f"- {name} against {found.other}: {_text(found)}." for name, policy in summary.policies.items()
+    return [f"- {name} against {found.other}: {_against(found, flip=True)}."
+            for name, policy in summary.policies.items()
             if (found := policy.comparisons.text_contribution) is not None]
 
 
@@ -184,17 +185,14 @@ def _usage_rows(summary: Summary) -> list[tuple[str, str, str]]:
             if policy.kind != PolicyKind.BOUND for key, value in policy.usage.items()]
 
 
-def _against(found: Comparison | None) -> str:
+def _against(found: Comparison | None, flip: bool = False) -> str:
+    """A comparison in words; ``flip``: said from the other side (the text's contribution is twin minus
+    LLM policy, said from the LLM policy's side: faster than its twin means the texts helped)."""
     if found is None:
         return "-"
-    return "no finished run to compare" if found.difference is None else words(found.difference)
-
-
-def _text(found: Comparison | None) -> str:
-    """Said from the LLM policy's side: faster than its twin means the texts helped."""
-    if found is None:
-        return "-"
-    return "no finished run to compare" if found.difference is None else words(found.difference.flipped())
+    if found.difference is None:
+        return "no finished run to compare"
+    return words(found.difference.flipped() if flip else found.difference)
 
 
 def _seconds_with_interval(policy: PolicySummary) -> str:
