@@ -15,12 +15,23 @@ from pathlib import Path
 
 from testbed import plots
 from testbed.compare import Comparison
-from testbed.rundir import PLOTS_DIR, Manifest, load_system, read_manifest, read_runs, write_report, write_summary
+from testbed.rundir import (
+    PLOTS_DIR,
+    TIMELINE_FILE,
+    Manifest,
+    load_system,
+    read_manifest,
+    read_runs,
+    write_report,
+    write_summary,
+)
 from testbed.score import BOUNDS, ORACLE, ORACLE_UNBUDGETED
 from testbed.stats import MIN_REPEATS, fixed, words
 from testbed.summary import (
     REFERENCE_POLICY,
+    Bounds,
     PolicySummary,
+    Reference,
     Summary,
     choose_reference,
     solve_bounds,
@@ -42,13 +53,30 @@ def write_results(run_dir: Path, with_plots: bool = True) -> Summary:
     system = load_system(run_dir, manifest.system)
     runs = read_runs(run_dir, system)
     reference = choose_reference(runs, manifest.policies)
-    bounds = solve_bounds(reference, manifest.migration_throughput, manifest.migration_budget)
+    bounds = _bounds(run_dir, manifest, reference)
     summary = summarize(manifest, system, runs, reference, bounds)
     write_summary(run_dir, summary.json())
     written = (plots.write_plots(run_dir / PLOTS_DIR, summary, system,
                                  plots.plot_inputs(runs, reference, bounds.budgeted)) if with_plots else [])
     write_report(run_dir, render_report(summary, manifest, [path.relative_to(run_dir) for path in written]))
     return summary
+
+
+# The bounds depend only on the reference run's record, the throughput and the budget. The runner writes
+# results after every run, and a finished run's record does not change: each is solved once per process
+# (two LPs of up to ~15 s each), not again after every later run.
+_solved: dict[tuple[object, ...], Bounds] = {}
+
+
+def _bounds(run_dir: Path, manifest: Manifest, reference: Reference | None) -> Bounds:
+    if reference is None:
+        return solve_bounds(None, manifest.migration_throughput, manifest.migration_budget)
+    record = (run_dir / reference.path / TIMELINE_FILE).resolve()
+    stat = record.stat()
+    key = (str(record), stat.st_size, stat.st_mtime_ns, manifest.migration_throughput, manifest.migration_budget)
+    if key not in _solved:
+        _solved[key] = solve_bounds(reference, manifest.migration_throughput, manifest.migration_budget)
+    return _solved[key]
 
 
 def result_table(summary: Summary) -> str:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # only the writers take an experiment; reading a run director
     from testbed.experiment import Experiment
 
 MANIFEST_FILE = "manifest.json"
+TIMELINE_FILE = "timeline.jsonl"  # in each runs/<policy>[-r<N>]/
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -243,11 +244,11 @@ def _read_run(run_dir: Path, path: Path, system: System) -> Run:
     match = RUN_NAME.match(path.name)
     policy, repeat = (match["policy"], int(match["repeat"] or 0)) if match else (path.name, 0)
     relative = path.relative_to(run_dir).as_posix()
-    name = f"{relative}/timeline.jsonl"  # reasons name files relative to the run directory
-    if not (path / "timeline.jsonl").exists():
+    name = f"{relative}/{TIMELINE_FILE}"  # reasons name files relative to the run directory
+    if not (path / TIMELINE_FILE).exists():
         return Run(relative, policy, repeat, None, f"{name}: missing")
     try:
-        timeline = read_timeline(path / "timeline.jsonl")
+        timeline = read_timeline(path / TIMELINE_FILE)
         data = run_data(timeline, len(system.nodes))
     except (ValueError, TypeError, KeyError) as error:  # TimelineError, JSON and field errors alike
         problem = _describe(error).replace(f"{run_dir}/", "")

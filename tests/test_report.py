@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +23,12 @@ from synthetic_runs import (
 )
 from test_render import check_golden
 
+from testbed import report
 from testbed.cli import main
 from testbed.errors import ConfigError
 from testbed.report import result_table, write_results
 from testbed.rundir import RunDirError, read_manifest
+from testbed.summary import solve_bounds
 from testbed.timeline import RunStatus, Timeline
 from testbed.units import MIB
 
@@ -99,6 +102,27 @@ def test_summary_json_holds_every_policy_both_oracles_and_the_bound(tmp_path: Pa
     hot_cold = summary["policies"]["hot-cold"]
     assert (hot_cold["migrated_bytes"], hot_cold["migrated_pages"]) == (4 * MIB, 1024)
     assert hot_cold["migration_time_s"] == pytest.approx(4 * MIB / THROUGHPUT)
+
+
+def test_the_bounds_are_solved_again_only_when_the_reference_record_changes(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    solved: list[str | None] = []
+
+    def counting(reference: Any, throughput: float, budget: int | None) -> Any:
+        solved.append(reference.path if reference else None)
+        return solve_bounds(reference, throughput, budget)
+
+    monkeypatch.setattr(report, "solve_bounds", counting)
+    run_dir = experiment(tmp_path)
+    first = write_results(run_dir, with_plots=False)
+    again = write_results(run_dir, with_plots=False)  # as the runner does after a later policy's run
+    assert solved == ["runs/first-touch"]
+    assert again.policies["oracle"] == first.policies["oracle"]
+    record = run_dir / "runs/first-touch/timeline.jsonl"
+    stat = record.stat()
+    os.utime(record, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # rewritten: solved afresh
+    write_results(run_dir, with_plots=False)
+    assert solved == ["runs/first-touch", "runs/first-touch"]
 
 
 def test_a_failed_repeat_is_kept_but_the_policy_counts_its_finished_runs(tmp_path: Path) -> None:
