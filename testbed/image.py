@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed import memtouch
 from testbed.catalog import REPO_ROOT
 from testbed.errors import UserError
 from testbed.paths import cache_dir, state_dir
@@ -106,6 +105,8 @@ def images_dir() -> Path:
 
 def image_key() -> str:
     """A hash of everything the image is made of; a change to any of it means a rebuild."""
+    from testbed import memtouch  # it loads numpy (for scoring); finding an image (`llamas ls`) must not
+
     inputs = [RECIPE_FILE, IMAGES_DIR / "initrd-init", Path(__file__)]
     inputs += _files_under(IMAGES_DIR / "overlay") + _files_under(GUEST_DIR)
     # memtouch's source is under guest/, but the binary the image ships is also made of the flags it is built with.
@@ -209,6 +210,8 @@ def _customise(root: Path, work: Path, recipe: Recipe, log: Log) -> None:
 
 
 def _install_guest_code(root: Path, log: Log) -> None:
+    from testbed import memtouch
+
     shutil.copytree(GUEST_DIR / "guestd", root / GUEST_LIB / "guestd",
                     ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     log("image: building the workloads")

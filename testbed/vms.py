@@ -20,12 +20,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from testbed.accel import Accelerator, choose_accel
 from testbed.bringup import bringup_script
 from testbed.catalog import Catalog, default_catalog
-from testbed.channel.client import GuestClient
 from testbed.errors import UserError
 from testbed.image import Image, require_image
 from testbed.machine import Machine, VmBackend, make_machine
@@ -33,7 +32,10 @@ from testbed.model import Emulation, System
 from testbed.paths import cache_dir, state_dir
 from testbed.proc import run
 from testbed.render_qemu import QEMU_BINARY, GuestBoot, VmConfig, VmFiles, guest_memory, machine_args
-from testbed.ssh import GuestShell, known_hosts_line
+
+if TYPE_CHECKING:  # SSH (paramiko) is loaded on first connection: `llamas ls` reads records, not guests
+    from testbed.channel.client import GuestClient
+    from testbed.ssh import GuestShell
 
 # Kernel arguments measured to shorten a TCG boot (each saves boot time under TCG); panic=-1 with
 # -no-reboot makes a failed boot end QEMU instead of hanging.
@@ -113,6 +115,8 @@ class Vm:
 
     def shell(self, timeout: float = 30.0) -> GuestShell:
         """The VM's SSH connection, opened on first use and reopened if it dropped."""
+        from testbed.ssh import GuestShell
+
         if self._shell is None or not self._shell.alive:
             self._shell = GuestShell.connect(self.record.ssh_port, self.image.client_key, self.image.host_key,
                                              timeout)
@@ -120,6 +124,8 @@ class Vm:
 
     def guest(self) -> GuestClient:
         """A client of the guest daemon, on its own channel of the VM's SSH connection."""
+        from testbed.channel.client import GuestClient
+
         return GuestClient(lambda: self.shell().open_exec(GUEST_DAEMON))
 
     def console_tail(self, lines: int = 25) -> str:
@@ -152,6 +158,8 @@ def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = No
     started with, so that its runs stay comparable whatever changes meanwhile. ``owned``: the VM dies
     with this process, however it ends (a run's VM; ``llamas up`` leaves its VM running).
     """
+    from testbed.ssh import known_hosts_line
+
     catalog = catalog or default_catalog()
     system = catalog.load_system(system_ref)
     check_host_memory(system)

@@ -40,3 +40,21 @@ def test_a_broken_pipe_that_is_not_stdout_is_still_an_error(monkeypatch: pytest.
     monkeypatch.setattr(testbed.cli.catalog, "render", broken)
     with pytest.raises(BrokenPipeError):
         main(["render", "dram-cxl"])
+
+
+# What the quick commands must not load: each takes from a tenth of a second (yaml) to a second (openai) to import.
+SLOW_IMPORTS = ("numpy", "scipy", "matplotlib", "paramiko", "openai", "policies.registry", "testbed.runner")
+
+
+@pytest.mark.parametrize(("command", "also_slow"), [(["--help"], ("yaml", "testbed.vms")),
+                                                    (["ls"], ()), (["devices"], ())], ids=["help", "ls", "devices"])
+def test_the_quick_commands_do_not_load_the_heavy_libraries(command: list[str], also_slow: tuple[str, ...],
+                                                            tmp_path: Path) -> None:
+    """`llamas --help`, `ls` and `devices` start at once (benchmarks/command.py): the commands that need
+    numpy, SSH, the LLM client or the run machinery import them when they run, not when the parser is built."""
+    script = ("import sys\nfrom testbed.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+              f"print(' '.join(name for name in {(*SLOW_IMPORTS, *also_slow)!r} if name in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script, *command], capture_output=True, text=True, cwd=REPO_ROOT,
+                          timeout=60, check=True, env={**os.environ, "LLAMAS_STATE": str(tmp_path)})
+    assert done.stdout.splitlines()[-1] == ""
+    assert done.stderr == ""

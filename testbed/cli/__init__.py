@@ -12,6 +12,10 @@ from collections.abc import Sequence
 from testbed.cli import catalog, experiment, guest, llm, report, vm
 from testbed.errors import UserError
 
+# Every start builds every command's parser (`--help` lists them all), so a group module imports at its top
+# only the modules its parser needs; each handler imports the rest of what it runs. numpy, scipy, matplotlib,
+# paramiko, the LLM client and the run machinery take seconds to load, and `llamas --help`, `ls` or `devices`
+# must answer at once (benchmarks/command.py; tests/test_cli.py checks what starting loads).
 COMMAND_GROUPS = (catalog, vm, guest, experiment, llm, report)
 # What a shell reports for a process killed by SIGPIPE, as `yes | head -1` does.
 CLOSED_STDOUT_EXIT = 128 + signal.SIGPIPE

@@ -7,11 +7,7 @@ import shlex
 from pathlib import Path
 
 from testbed.accel import Accelerator
-from testbed.catalog import default_catalog
-from testbed.describe import devices_table, show_system, systems_table
 from testbed.machine import VmBackend
-from testbed.render_libvirt import domain_xml
-from testbed.render_qemu import GuestBoot, VmConfig, VmFiles, qemu_argv
 
 PREVIEW_DIR = Path("VM_DIR")
 
@@ -30,16 +26,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def devices(args: argparse.Namespace) -> int:
+    from testbed.catalog import default_catalog
+    from testbed.describe import devices_table
+
     print(devices_table(default_catalog().devices().values()))
     return 0
 
 
 def systems(args: argparse.Namespace) -> int:
+    from testbed.catalog import default_catalog
+    from testbed.describe import systems_table
+
     print(systems_table(default_catalog().systems()))
     return 0
 
 
 def show_command(args: argparse.Namespace) -> int:
+    from testbed.catalog import default_catalog
+    from testbed.describe import show_system
+
     print(show_system(default_catalog().load_system(args.system)))
     return 0
 
@@ -51,6 +56,10 @@ def render_command(args: argparse.Namespace) -> int:
 
 def render(system_name: str, backend: VmBackend, accel: Accelerator) -> str:
     """A preview with placeholder paths: what `llamas up` runs, one option per line."""
+    from testbed.catalog import default_catalog
+    from testbed.render_libvirt import domain_xml
+    from testbed.render_qemu import GuestBoot, VmConfig, VmFiles, qemu_argv
+
     system = default_catalog().load_system(system_name)
     boot = GuestBoot(PREVIEW_DIR / "vmlinux", PREVIEW_DIR / "initrd.img", "KERNEL_CMDLINE")
     vm = VmConfig(system, accel, VmFiles(PREVIEW_DIR), boot=boot, ssh_port=2222)

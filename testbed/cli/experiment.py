@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from testbed.experiment import load_experiment
-from testbed.runner import default_run_dir, run_experiment
-
 DEMO_EXPERIMENT = "demo"
 
 
@@ -25,6 +22,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from testbed.experiment import load_experiment
+    from testbed.runner import default_run_dir, run_experiment
+
     experiment = load_experiment(args.spec)
     if args.policies:
         experiment = experiment.with_policies(tuple(name.strip() for name in args.policies.split(",")))

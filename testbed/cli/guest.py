@@ -6,16 +6,18 @@ import argparse
 import json
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from testbed.channel.client import GuestClient
 from testbed.channel.errors import GuestError
-from testbed.channel.replies import NodeInfo, ObserveReply
 from testbed.errors import UserError
 from testbed.table import render_table
 from testbed.units import format_size
 from testbed.values import AddressRange, Monitoring
-from testbed.vms import Vm, running_vm
+
+if TYPE_CHECKING:
+    from testbed.channel.client import GuestClient
+    from testbed.channel.replies import NodeInfo, ObserveReply
+    from testbed.vms import Vm
 
 MIGRATION_COUNTERS = ("pgmigrate_success", "pgmigrate_fail", "pgpromote_success", "pgdemote_kswapd",
                       "pgdemote_direct", "numa_pte_updates", "numa_hint_faults")
@@ -41,6 +43,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def stats_command(args: argparse.Namespace) -> int:
+    from testbed.vms import running_vm
+
     vm = running_vm(args.name)
     with vm.guest() as guest:
         nodes = guest.nodes()
@@ -59,6 +63,8 @@ def stats_command(args: argparse.Namespace) -> int:
 
 
 def migrate_command(args: argparse.Namespace) -> int:
+    from testbed.vms import running_vm
+
     vm = running_vm(args.name)
     ranges = [_parse_range(args.range_)] if args.range_ else _mappings(vm, args.pid)
     with vm.guest() as guest:

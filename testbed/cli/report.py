@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from testbed.report import result_table, write_results
-from testbed.rundir import PLOTS_DIR, REPORT_FILE, SUMMARY_FILE
-from testbed.score import BOUNDS
-
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     report = commands.add_parser("report", help="recompute summary.json, report.md and plots/ of a run directory "
@@ -19,6 +15,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def report_command(args: argparse.Namespace) -> int:
+    from testbed.report import result_table, write_results
+    from testbed.rundir import PLOTS_DIR, REPORT_FILE, SUMMARY_FILE
+    from testbed.score import BOUNDS
+
     summary = write_results(args.run_dir, with_plots=not args.no_plots)
     print(result_table(summary))
     solved = [f"{name} {bound.usage['solve_seconds']:.2f} s" for name in BOUNDS

@@ -8,11 +8,8 @@ import time
 
 from testbed.accel import Accelerator
 from testbed.errors import UserError
-from testbed.image import build_image, current_image, image_key, images_dir
 from testbed.machine import VmBackend
 from testbed.table import render_table
-from testbed.verify import verify_vm
-from testbed.vms import all_vms, load_vm, running_vm, up
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,11 +47,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def image_build(args: argparse.Namespace) -> int:
+    from testbed.image import build_image
+
     build_image(force=args.force)
     return 0
 
 
 def image_info(args: argparse.Namespace) -> int:
+    from testbed.image import current_image, image_key, images_dir
+
     image = current_image()
     if image is None:
         print(f"no image built for this code (key {image_key()}; would be in {images_dir()}); "
@@ -68,6 +69,8 @@ def image_info(args: argparse.Namespace) -> int:
 
 
 def up_command(args: argparse.Namespace) -> int:
+    from testbed.vms import up
+
     vm = up(args.system, name=args.name, backend=args.backend, accel=args.accel, warm=not args.cold)
     vm.close()
     print(f"{vm.name} is up: llamas ssh {vm.name}; llamas verify {vm.name}; llamas down {vm.name}")
@@ -75,6 +78,8 @@ def up_command(args: argparse.Namespace) -> int:
 
 
 def ls_command(args: argparse.Namespace) -> int:
+    from testbed.vms import all_vms
+
     rows = []
     for vm in all_vms():
         state = "running" if vm.machine.alive() else "stale"
@@ -89,6 +94,8 @@ def ls_command(args: argparse.Namespace) -> int:
 
 
 def ssh_command(args: argparse.Namespace) -> int:
+    from testbed.vms import running_vm
+
     vm = running_vm(args.name)
     remote = args.remote[1:] if args.remote[:1] == ["--"] else args.remote
     argv = ["ssh", "-q", "-i", str(vm.image.client_key), "-o", "IdentitiesOnly=yes",
@@ -98,6 +105,9 @@ def ssh_command(args: argparse.Namespace) -> int:
 
 
 def verify_command(args: argparse.Namespace) -> int:
+    from testbed.verify import verify_vm
+    from testbed.vms import load_vm
+
     vm = load_vm(args.name)
     report = verify_vm(vm)
     print(report.table())
@@ -106,6 +116,8 @@ def verify_command(args: argparse.Namespace) -> int:
 
 
 def down_command(args: argparse.Namespace) -> int:
+    from testbed.vms import all_vms, load_vm
+
     if args.all == bool(args.name):
         raise UserError("name one VM, or use --all")
     vms = all_vms() if args.all else [load_vm(args.name)]
