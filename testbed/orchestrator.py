@@ -90,6 +90,13 @@ Progress = Callable[[str], None]
 # an allocation that does not fit on its node goes to the next one, as first touch assumes.
 START_STATE = TieringSettings(numa_balancing=0, demotion_enabled=False, transparent_hugepage="never",
                               zone_reclaim_mode=0)
+# And with the same free memory: each memory node starts with its total less this much free, the guest daemon
+# holding the rest. Before a workload the kernel and the guest's daemons use 56-67 MiB of node 0 and 60-71 MiB
+# of a CXL node on these machines, varying from run to run, which moved first-touch placements, and scores, by
+# several percent.
+START_RESERVE = 96 * MIB
+# A node this much short of its start free memory gets a note in the run's start record.
+START_SHORT_NOTE = MIB
 
 
 class RunFailed(UserError):
@@ -179,7 +186,13 @@ class _Run:
         kernel = _settings(guest.tiering().current)
         if setup.damos:
             guest.damos(setup.damos)
-        guest.settle()  # the workload first-touches free memory, not memory the kernel must reclaim as it goes
+        # The workload first-touches free memory, not memory the kernel must reclaim as it goes, and as much of it
+        # in every run.
+        targets = {node.id: node.total_bytes - START_RESERVE for node in nodes if node.total_bytes > START_RESERVE}
+        settled = guest.settle(targets)
+        notes = tuple(f"node {node} started {(target - settled.free_after[node]) / MIB:.0f} MiB short of its "
+                      f"start free memory ({target / MIB:.0f} MiB)" for node, target in targets.items()
+                      if target - settled.free_after.get(node, target) >= START_SHORT_NOTE)
         # --linger: the workload's memory stays mapped after its last interval, for the last observation.
         # --barrier: it waits before epoch 0 and after each epoch but the last until released.
         run = guest.run([MEMTOUCH, "--linger", *([BARRIER_FLAG] if self.barrier else []), "-"],
@@ -189,7 +202,7 @@ class _Run:
         truth = _first_touch(run, reader)
         guest.watch(run.pid, experiment.damon)
         state = _RunState(run.pid, truth.regions, guest.vmstat().counters)
-        self.writer.write(self._start(repeat, state, setup, kernel))
+        self.writer.write(self._start(repeat, state, setup, kernel, settled.held, notes))
         if setup.placement:  # an initial placement is held to the per-interval budget like every move
             _, observation = self._observe(state, 0, {})
             self._act(state, _placement_moves(setup.placement, state.layout), observation)
@@ -208,18 +221,20 @@ class _Run:
         if self.barrier:
             run.kill(RELEASE_SIGNAL)
 
-    def _start(self, repeat: int, state: _RunState, setup: Setup, kernel: dict[str, str]) -> RunStart:
+    def _start(self, repeat: int, state: _RunState, setup: Setup, kernel: dict[str, str], held: dict[int, int],
+               notes: tuple[str, ...]) -> RunStart:
         resident = self.guest.observe(state.pid, soft_dirty=False).resident_bytes
-        nodes = tuple(NodeState(n.id, n.total_bytes, n.free_bytes, resident.get(n.id, 0)) for n in self.guest.nodes())
+        nodes = tuple(NodeState(n.id, n.total_bytes, n.free_bytes, resident.get(n.id, 0), held.get(n.id, 0))
+                      for n in self.guest.nodes())
         return RunStart(policy=self.policy.name, kind=str(self.policy.kind), repeat=repeat,
                         interval_s=self.experiment.interval_s, page_size=PAGE_SIZE, regions=state.layout,
-                        nodes=nodes, notes=setup.notes, kernel=kernel, barrier=self.barrier)
+                        nodes=nodes, notes=(*setup.notes, *notes), kernel=kernel, barrier=self.barrier)
 
     def _interval(self, state: _RunState, epoch: EpochCounts) -> EpochRecord:
         vmstat = self.guest.vmstat().counters
         delta = {name: value - state.vmstat.get(name, 0) for name, value in vmstat.items()}
         state.vmstat = vmstat
-        raw, observation = self._observe(state, epoch.epoch, delta, until_us=epoch.end_us)
+        raw, observation = self._observe(state, epoch.epoch, delta, window_us=(epoch.start_us, epoch.end_us))
         proposal = self._decide(state, observation)
         applied, rejected = self._act(state, proposal.actions, observation) if proposal.actions else ((), ())
         return EpochRecord(
@@ -234,13 +249,16 @@ class _Run:
         )
 
     def _observe(self, state: _RunState, epoch: int, vmstat_delta: dict[str, int],
-                 until_us: int | None = None) -> tuple[ObserveReply, Observation]:
-        """What the policy sees; DAMON's view is of the aggregation that ended by ``until_us`` (the epoch's
-        end), not one of the memory left idle while the workload waits for the loop."""
+                 window_us: tuple[int, int] | None = None) -> tuple[ObserveReply, Observation]:
+        """What the policy sees; DAMON's view is the mean of the aggregations that ended within ``window_us``
+        (the epoch), not one of memory left idle while the workload waits for the loop, nor one 20-sample
+        draw of each region's accesses."""
+        since_us, until_us = window_us or (None, None)
         ranges = [ResidencyQuery(region.address, region.size, region.chunk, _stride(region.chunk))
                   for region in state.layout]
         raw = self.guest.observe(state.pid, ranges=ranges, region_nodes=True,
-                                 pagemap_budget_pages=PAGEMAP_BUDGET_PAGES, damon_until_us=until_us)
+                                 pagemap_budget_pages=PAGEMAP_BUDGET_PAGES, damon_until_us=until_us,
+                                 damon_since_us=since_us)
         monitoring = self.experiment.damon
         samples = max(1, monitoring.aggr_us // monitoring.sample_us)
         regions = tuple(RegionView(

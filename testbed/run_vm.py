@@ -21,6 +21,7 @@ from testbed.channel.replies import (
     ResidencyQuery,
     RunExit,
     RunOutput,
+    Settled,
     TieringChange,
     Vmstat,
     WatchInfo,
@@ -48,7 +49,7 @@ class Guest(Protocol):
 
     def tiering(self, settings: TieringSettings | None = ...) -> TieringChange: ...
 
-    def settle(self) -> dict[int, int]: ...
+    def settle(self, free_targets: dict[int, int] | None = ...) -> Settled: ...
 
     def damos(self, schemes: Sequence[Scheme], nodes: Sequence[int] | None = ...,
               monitoring: Monitoring | None = ...) -> DamosInfo: ...
@@ -60,7 +61,7 @@ class Guest(Protocol):
 
     def observe(self, pid: int, *, ranges: Sequence[ResidencyQuery] = ..., soft_dirty: bool = ...,
                 region_nodes: bool = ..., pagemap_budget_pages: int | None = ...,
-                damon_until_us: int | None = ...) -> ObserveReply: ...
+                damon_until_us: int | None = ..., damon_since_us: int | None = ...) -> ObserveReply: ...
 
     def migrate(self, pid: int, node: int, budget_bytes: int, *, ranges: Sequence[AddressRange] = ...,
                 timeout: float | None = ...) -> MigrationResult: ...

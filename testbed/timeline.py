@@ -41,6 +41,7 @@ class NodeState:
     total_bytes: int
     free_bytes: int
     workload_bytes: int  # the workload's resident bytes on the node
+    held_bytes: int = 0  # what the guest daemon held so that the workload started with the run's free memory
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from testbed.channel.replies import (
     ResidencyQuery,
     RunExit,
     RunOutput,
+    Settled,
     TieringChange,
     Vmstat,
     WatchInfo,
@@ -98,7 +99,8 @@ class FakeGuest:
     migrated_pages: int = 0
     calls: list[str] = field(default_factory=list)
     runs: list[FakeRun] = field(default_factory=list)
-    damon_until_us: list[int | None] = field(default_factory=list)  # what each observe asked for
+    damon_windows: list[tuple[int | None, int | None]] = field(default_factory=list)  # each observe's (since, until)
+    held: dict[int, int] = field(default_factory=dict)  # bytes settle holds per node
     # A fresh guest's settings (NUMA balancing on, as Debian's kernel boots); tiering() changes them.
     settings: TieringSettings = field(default_factory=lambda: TieringSettings(1, False, "madvise", 0))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -122,16 +124,22 @@ class FakeGuest:
     def nodes(self) -> list[NodeInfo]:
         self.check_alive()
         resident = self._resident()
-        return [NodeInfo(node.id, node.total_bytes, node.free_bytes - resident.get(node.id, 0), node.cpus, None,
+        return [NodeInfo(node.id, node.total_bytes, self._free(node) - resident.get(node.id, 0), node.cpus, None,
                          None, {}) for node in self.node_list]
+
+    def _free(self, node: FakeNode) -> int:
+        return node.free_bytes - self.held.get(node.id, 0)
 
     def vmstat(self, everything: bool = False) -> Vmstat:
         self.check_alive()
         return Vmstat(time.monotonic(), {"pgmigrate_success": self.migrated_pages})
 
-    def settle(self) -> dict[int, int]:
+    def settle(self, free_targets: dict[int, int] | None = None) -> Settled:
         self.calls.append("settle")
-        return {node.id: node.free_bytes for node in self.node_list}
+        targets = free_targets or {}
+        self.held = {node.id: max(0, node.free_bytes - targets[node.id]) for node in self.node_list
+                     if node.id in targets}
+        return Settled({node.id: self._free(node) for node in self.node_list}, dict(self.held))
 
     def tiering(self, settings: TieringSettings | None = None) -> TieringChange:
         self.calls.append(f"tiering {settings}")
@@ -161,11 +169,11 @@ class FakeGuest:
 
     def observe(self, pid: int, *, ranges: Sequence[ResidencyQuery] = (), soft_dirty: bool = True,
                 region_nodes: bool = False, pagemap_budget_pages: int | None = None,
-                damon_until_us: int | None = None) -> ObserveReply:
+                damon_until_us: int | None = None, damon_since_us: int | None = None) -> ObserveReply:
         """Where the pages are; DAMON sees each buffer as one region, never accessed."""
         self.check_alive()
         with self._lock:
-            self.damon_until_us.append(damon_until_us)
+            self.damon_windows.append((damon_since_us, damon_until_us))
             damon = DamonView(1, "fake", True, time.monotonic(), len(self.regions), tuple(
                 DamonRegion(index, region.address, region.address + region.size, 0, 0, region.size // PAGE_SIZE,
                             0, region.size // PAGE_SIZE, self._nodes_in(region.address, region.size))

@@ -238,6 +238,7 @@ class FakeSyscalls:
     calls: int = 0
     affinity: dict[int, list[int]] = field(default_factory=dict)
     signals: list[tuple[int, int]] = field(default_factory=list)
+    root: Path | None = None  # the fake tree whose node meminfo held memory comes out of
 
     def move_pages(self, pid: int, pages: Sequence[int], node: int | None) -> Sequence[int]:
         self.calls += 1
@@ -263,6 +264,30 @@ class FakeSyscalls:
     def kill(self, pid: int, signum: int) -> None:
         self.signals.append((pid, signum))
         os.kill(pid, signum)
+
+    def hold_memory(self, node: int, size: int) -> FakeHeld:
+        """Takes ``size`` from the node's MemFree, and the page tables that map it (8 bytes a page, in whole
+        pages) from node 0's, as the kernel would for a daemon running there."""
+        assert self.root is not None and size % PAGE_SIZE == 0
+        held = FakeHeld(self.root, {node: size})
+        held.charges[0] = held.charges.get(0, 0) + -(-size // PAGE_SIZE * 8 // PAGE_SIZE) * PAGE_SIZE
+        held.take(-1)
+        return held
+
+
+@dataclass
+class FakeHeld:
+    root: Path
+    charges: dict[int, int]  # node -> bytes taken from its MemFree
+
+    def take(self, sign: int) -> None:
+        for node, size in self.charges.items():
+            path = self.root / f"sys/devices/system/node/node{node}/meminfo"
+            total, free = (int(line.split()[3]) * 1024 for line in path.read_text().splitlines()[:2])
+            path.write_text(meminfo(node, total, free + sign * size))
+
+    def release(self) -> None:
+        self.take(1)
 
 
 class QueueStream(io.RawIOBase):
@@ -292,7 +317,7 @@ class FakeGuest:
             build_tree(root)
         self.root = root
         self.kernel = FakeKernel(root, tried_regions)
-        self.syscalls = FakeSyscalls()
+        self.syscalls = FakeSyscalls(root=root)
         self.stdout = QueueStream()
         self.daemon = Daemon(self.kernel, self.syscalls, Output(self.stdout), kdamonds=4)
 

@@ -16,7 +16,7 @@ from guest.guestd.protocol import Output
 from guest.guestd.tracefs import Region
 from testbed.channel.client import GuestClient
 from testbed.channel.errors import ChannelClosed, GuestdFailure, GuestError, GuestTimeout
-from testbed.channel.replies import ResidencyQuery
+from testbed.channel.replies import DamonView, ReplyFields, ResidencyQuery
 from testbed.channel.transports import SubprocessTransport
 from testbed.values import (
     AddressRange,
@@ -297,3 +297,17 @@ def test_a_local_daemon_process_serves_the_client(tmp_path: Path) -> None:
         with pytest.raises(GuestError) as raised:
             client.observe(1)
         assert raised.value.code == "ESRCH"
+
+
+def test_a_damon_view_takes_a_mean_access_count_and_refuses_a_fractional_address() -> None:
+    def view(*row: object) -> DamonView:
+        return DamonView.parse(ReplyFields({"observation": 1, "source": "tracefs", "running": True, "time": 1.0,
+                                            "total_regions": 1, "aggregations": 10,
+                                            "columns": ["id", "start", "end", "nr_accesses", "age"],
+                                            "regions": [list(row)]}, "observe", "result.damon"))
+
+    parsed = view(0, 4096, 8192, 2.5, 3)
+    assert parsed.aggregations == 10 and parsed.regions[0].nr_accesses == 2.5
+    for bad in ((0, 4096.5, 8192, 2, 3), (0, 4096, 8192, "2", 3), (0, 4096, 8192, 2)):
+        with pytest.raises(GuestError, match="regions"):
+            view(*bad)

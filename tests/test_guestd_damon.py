@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from guestd_fake import FIRST_KDAMOND_PID, KDAMONDS, TRACEFS, FakeGuest, FakeProcess, aggregated_lines
+from hypothesis import given
+from hypothesis import strategies as st
 
 from guest.guestd.process import PAGE_SIZE
-from guest.guestd.tracefs import Region, TraceTail, last_complete_aggregation
+from guest.guestd.tracefs import Region, Snapshot, TraceTail, complete_aggregations, mean_accesses
 
 PID = 4242
 HEAP = 0x10000000
@@ -21,10 +23,14 @@ REGIONS = (Region(HEAP, HEAP + 0x4000, 5, 2), Region(HEAP + 0x4000, HEAP + 0x100
 CONTEXT = f"{KDAMONDS}/0/contexts/0"
 
 
+def newest(text: bytes, until: float | None = None) -> Snapshot | None:
+    return next(iter(complete_aggregations(text, until)), None)
+
+
 def test_the_last_complete_aggregation_is_found() -> None:
     older = [Region(HEAP, HEAP + 0x20000, 1, 1)] * 1
     text = aggregated_lines(older, 9000, 10.0) + aggregated_lines(REGIONS, 9000, 10.1)
-    snapshot = last_complete_aggregation(text.encode())
+    snapshot = newest(text.encode())
     assert snapshot is not None
     assert snapshot.regions == REGIONS
     assert snapshot.time == pytest.approx(10.1)
@@ -34,15 +40,55 @@ def test_the_last_aggregation_that_ended_by_a_time_is_found() -> None:
     later = [Region(HEAP, HEAP + 0x20000, 0, 3)]  # memory left idle after the time asked about
     text = aggregated_lines(REGIONS[:1], 9000, 10.0) + aggregated_lines(REGIONS, 9000, 10.1) + \
         aggregated_lines(later, 9000, 10.2)
-    found = {until: last_complete_aggregation(text.encode(), until) for until in (10.15, 10.1, 10.25, 10.05, 9.9)}
+    found = {until: newest(text.encode(), until) for until in (10.15, 10.1, 10.25, 10.05, 9.9)}
     assert {until: None if snapshot is None else snapshot.regions for until, snapshot in found.items()} == {
         10.15: REGIONS, 10.1: REGIONS, 10.25: tuple(later), 10.05: REGIONS[:1], 9.9: None}
+
+
+def test_the_aggregations_of_a_window_are_found_newest_first() -> None:
+    text = "".join(aggregated_lines(REGIONS, 9000, when) for when in (10.0, 10.1, 10.2, 10.3))
+    found = complete_aggregations(text.encode(), until=10.25, since=10.05)
+    assert [round(snapshot.time, 2) for snapshot in found] == [10.2, 10.1]
+
+
+def test_the_mean_over_aggregations_weighs_each_by_the_bytes_it_overlaps() -> None:
+    page = 0x1000
+    newest_one = Snapshot(2.0, (Region(HEAP, HEAP + 4 * page, 8, 3), Region(HEAP + 4 * page, HEAP + 6 * page, 0, 1)))
+    # Split differently, and covering less at the top: its last page is outside every region.
+    older = Snapshot(1.9, (Region(HEAP, HEAP + page, 4, 2), Region(HEAP + page, HEAP + 5 * page, 2, 2)))
+    mean = mean_accesses([newest_one, older])
+    assert mean.aggregations == 2 and mean.time == 2.0
+    assert [(region.start, region.end, region.age) for region in mean.regions] == [
+        (region.start, region.end, region.age) for region in newest_one.regions]
+    # By hand: region 0 saw 8 on 4 pages, then 4 on 1 page and 2 on 3: (32 + 4 + 6) / 8 pages.
+    # Region 1 saw 0 on 2 pages, then 2 on the one page the older aggregation covered: 2 / 3 pages.
+    assert [region.nr_accesses for region in mean.regions] == [pytest.approx(42 / 8), pytest.approx(2 / 3, abs=1e-3)]
+    assert mean_accesses([older]) is older  # one aggregation: its own whole counts
+
+
+@given(st.lists(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 20)), min_size=1, max_size=6),
+                min_size=1, max_size=5))
+def test_the_mean_is_the_byte_by_byte_average(layouts: list[list[tuple[int, int]]]) -> None:
+    """Against brute force over pages: each aggregation's regions tile from HEAP with random sizes."""
+    page = 0x1000
+    aggregations = []
+    for when, layout in enumerate(layouts):
+        regions, start = [], HEAP
+        for pages, accesses in layout:
+            regions.append(Region(start, start + pages * page, accesses, 0))
+            start += pages * page
+        aggregations.append(Snapshot(float(when), tuple(regions)))
+    mean = mean_accesses(aggregations)
+    for region in mean.regions:
+        seen = [(other.nr_accesses) for aggregation in aggregations for address in range(region.start, region.end, page)
+                for other in aggregation.regions if other.start <= address < other.end]
+        assert region.nr_accesses == pytest.approx(sum(seen) / len(seen), abs=1e-3)
 
 
 def test_an_aggregation_still_being_written_is_skipped() -> None:
     partial = aggregated_lines(REGIONS, 9000, 10.2).splitlines(keepends=True)[:2]
     text = aggregated_lines(REGIONS, 9000, 10.1) + "".join(partial)
-    snapshot = last_complete_aggregation(text.encode())
+    snapshot = newest(text.encode())
     assert snapshot is not None
     assert snapshot.time == pytest.approx(10.1)
 
@@ -50,12 +96,12 @@ def test_an_aggregation_still_being_written_is_skipped() -> None:
 def test_an_aggregation_that_lost_lines_is_skipped() -> None:
     damaged = aggregated_lines(REGIONS, 9000, 10.2).splitlines(keepends=True)
     del damaged[1]
-    assert last_complete_aggregation("".join(damaged).encode()) is None
+    assert newest("".join(damaged).encode()) is None
 
 
 def test_other_trace_lines_are_ignored() -> None:
     text = "# tracer: nop\n" + aggregated_lines(REGIONS, 9000, 3.5) + "  <idle>-0 [000] 3.6: something: else\n"
-    snapshot = last_complete_aggregation(text.encode())
+    snapshot = newest(text.encode())
     assert snapshot is not None and len(snapshot.regions) == 3
 
 
@@ -157,6 +203,22 @@ def test_observe_until_gives_the_aggregation_of_the_epoch_not_a_later_one(guest:
     assert seen() == (5.1, 3)
     assert seen(damon_until_us=4_000_000) == (5.1, 3)  # none that old kept: the latest
     assert guest.error("observe", pid=PID, damon_until_us=-1)[0] == "EINVAL"
+
+
+def test_observe_over_an_epoch_gives_each_region_its_mean_count(guest: FakeGuest, tmp_path: Path) -> None:
+    guest.result("watch", pid=PID)
+    [instance] = os.listdir(tmp_path / f"{TRACEFS}/instances")
+    busier = tuple(region._replace(nr_accesses=region.nr_accesses + 2) for region in REGIONS)
+    (tmp_path / f"{TRACEFS}/instances/{instance}/trace_pipe").write_text(
+        aggregated_lines(REGIONS, FIRST_KDAMOND_PID, 4.9) + aggregated_lines(busier, FIRST_KDAMOND_PID, 5.0)
+        + aggregated_lines(REGIONS, FIRST_KDAMOND_PID, 5.1) + aggregated_lines(busier, FIRST_KDAMOND_PID, 5.2))
+    damon = guest.result("observe", pid=PID, soft_dirty=False, damon_since_us=4_950_000,
+                         damon_until_us=5_150_000)["damon"]
+    assert damon["aggregations"] == 2 and damon["time"] == pytest.approx(5.1)
+    assert [row[3] for row in damon["regions"]] == [region.nr_accesses + 1 for region in REGIONS]
+    code, message = guest.error("observe", pid=PID, damon_since_us=5_150_000, damon_until_us=5_150_000)
+    assert code == "EINVAL" and "damon_since_us" in message
+    assert guest.error("observe", pid=PID, damon_since_us=1)[0] == "EINVAL"  # a window needs its end
 
 
 def test_observe_bounds_the_regions_it_reports(guest: FakeGuest, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from policies.frontend import ProfileCache
 from policies.llamas_direct import DirectSettings, LlamasDirectPolicy
 from testbed.experiment import Experiment, load_experiment
 from testbed.memtouch import RELEASE_SIGNAL, build_memtouch, memtouch_input, parse_output
-from testbed.orchestrator import START_STATE, run_policy
+from testbed.orchestrator import START_RESERVE, START_STATE, run_policy
 from testbed.timeline import RunStatus, read_timeline
 from testbed.units import MIB
 from testbed.values import Action, Migrate, Observation, PolicyContext, Setup, TieringSettings
@@ -94,17 +94,26 @@ def test_the_loop_records_ground_truth_residency_and_decisions(memtouch: Path, e
         tuple(tuple(int(v) for v in counts) for counts in epoch.reads) for epoch in truth.epochs]
     assert [region.name for region in timeline.start.regions] == ["hot", "cold"]
     assert timeline.start.nodes[0].workload_bytes == 12 * MIB
+    # Every node starts with its total less the start reserve free, the daemon holding the rest: node 1 had
+    # 2000 MiB of 2048 free, so 16 MiB were held; node 0 had 900 of 1024, none, and the run says so.
+    assert [node.held_bytes for node in timeline.start.nodes] == [0, 2000 * MIB - (2048 * MIB - START_RESERVE)]
+    assert timeline.start.nodes[1].free_bytes == 2048 * MIB - START_RESERVE
+    assert timeline.start.notes == ("node 0 started 28 MiB short of its start free memory (928 MiB)",)
     assert timeline.start.kernel == {"numa_balancing": "0", "demotion_enabled": "true",
                                      "transparent_hugepage": "never", "zone_reclaim_mode": "0"}
     # One release before epoch 0 and after each epoch but the last, then the end of the lingering workload.
     kills = [call for call in vm.guest_daemon.calls if call.startswith("kill")]
     assert kills == [f"kill {RELEASE_SIGNAL}"] * EPOCHS + ["kill TERM"]
     assert timeline.start.barrier and all(record.wait_s > 0 for record in timeline.epochs)
-    # Each interval's DAMON view is asked for as of the epoch's end on memtouch's clock, not as of the asking.
-    asked = [until for until in vm.guest_daemon.damon_until_us if until is not None]
+    # Each interval's DAMON view is asked for over the epoch on memtouch's clock, not as of the asking.
+    windows = [(since, until) for since, until in vm.guest_daemon.damon_windows if until is not None]
+    asked = [until for _, until in windows]
     assert len(asked) == EPOCHS
     assert all(later - earlier >= experiment.interval_s * 1e6 for earlier, later in itertools.pairwise(asked))
     assert asked[-1] <= time.monotonic() * 1e6  # memtouch runs on the host here: the same clock
+    assert all(since is not None and until - since >= experiment.interval_s * 1e6 for since, until in windows)
+    assert all(since is not None and since >= ended
+               for (_, ended), (since, _) in itertools.pairwise(windows))  # each starts after the last ended
 
     first, second = timeline.epochs[0], timeline.epochs[1]
     assert first.decision is not None

@@ -41,6 +41,7 @@ from .runs import Placement, Runs
 from .syscalls import Syscalls
 from .system import (
     THP_MODES,
+    Ballast,
     Tiering,
     capabilities,
     describe_nodes,
@@ -77,6 +78,7 @@ class Daemon:
         self._output = output
         self._damon = Damon(kernel, kdamonds, instance_prefix=f"guestd-{os.getpid()}")
         self._tiering = Tiering(kernel)
+        self._ballast = Ballast(kernel, syscalls)
         self._runs = Runs(output, syscalls)
         self._watches: dict[int, Watch] = {}
         self._damos: dict[int, DamosRun] = {}
@@ -134,6 +136,7 @@ class Daemon:
               for run in self._damos.values() for kdamond in run.kdamonds),
             ("restore tiering", self._tiering.restore),
             ("stop runs", self._runs.stop_all),
+            ("release held memory", self._ballast.release),
         ]
         self._watches.clear()
         self._damos.clear()
@@ -173,8 +176,14 @@ class Daemon:
         return self._tiering.apply({name: value for name, value in wanted.items() if value is not None})
 
     def settle(self, args: Args) -> JsonObject:
+        targets: dict[int, int] = {}
+        for target in args.subs("free"):
+            node = target.integer("node", 0, MAX_NODE)
+            require_memory_node(self._kernel, node, "settle")
+            targets[node] = target.integer("bytes", 0, MAX_ULONG)
+            target.done()
         args.done()
-        return settle_memory(self._kernel)
+        return settle_memory(self._kernel, self._ballast, targets)
 
     # DAMON -----------------------------------------------------------------------------------
 
@@ -265,6 +274,9 @@ class Daemon:
         budget = args.integer("pagemap_budget_pages", 512, 1 << 24, default=DEFAULT_PAGEMAP_BUDGET)
         node_sampling = arguments.node_sampling(args)
         until_us = args.integer("damon_until_us", 0, MAX_MONOTONIC_US, default=None)
+        since_us = args.integer("damon_since_us", 0, MAX_MONOTONIC_US, default=None)
+        if since_us is not None and (until_us is None or since_us >= until_us):
+            raise args.error("damon_since_us", "needs damon_until_us, and to be before it")
         ranges = [arguments.query_range(sub) for sub in args.subs("ranges")]
         args.done()
         began = time.perf_counter()
@@ -278,7 +290,7 @@ class Daemon:
         watch = self._watches.get(pid)
         result["damon"] = None if watch is None else self._damon_regions(
             process, watch, max_regions, soft_dirty, budget, node_sampling,
-            None if until_us is None else until_us / 1e6)
+            None if until_us is None else until_us / 1e6, None if since_us is None else since_us / 1e6)
         result["ranges"] = [self._range_pages(process, query, soft_dirty, budget) for query in ranges]
         if soft_dirty:
             result["soft_dirty_since"] = self._soft_dirty_since.get(pid)
@@ -288,8 +300,9 @@ class Daemon:
         return result
 
     def _damon_regions(self, process: Process, watch: Watch, limit: int, soft_dirty: bool,
-                       budget: int, node_sampling: NodeSampling | None, until: float | None) -> JsonObject:
-        snapshot = self._damon.snapshot(watch, until)
+                       budget: int, node_sampling: NodeSampling | None, until: float | None,
+                       since: float | None) -> JsonObject:
+        snapshot = self._damon.snapshot(watch, until, since)
         regions = snapshot.regions[:limit] if snapshot else ()
         self._observation_count += 1
         self._observations[process.pid] = Observation(self._observation_count, regions)
@@ -312,6 +325,7 @@ class Daemon:
             "observation": self._observation_count, "source": watch.source,
             "running": self._damon.slots.running(watch.slot), "time": snapshot.time if snapshot else None,
             "total_regions": len(snapshot.regions) if snapshot else 0, "columns": columns, "regions": rows,
+            "aggregations": snapshot.aggregations if snapshot else 0,
             "region_nodes": placements,
         }
 

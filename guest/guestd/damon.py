@@ -245,10 +245,11 @@ class Damon:
             watch.trace.close()
         self.slots.stop(watch.slot)
 
-    def snapshot(self, watch: Watch, until: float | None = None) -> Snapshot | None:
-        """The latest complete aggregation (that ended by ``until``: tracefs only; sysfs has no history)."""
+    def snapshot(self, watch: Watch, until: float | None = None, since: float | None = None) -> Snapshot | None:
+        """The latest complete aggregation (that ended by ``until``), or the mean of those that ended in
+        (``since``, ``until``]: tracefs only; sysfs has no history."""
         if watch.trace is not None:
-            return watch.trace.tail.snapshot(until)
+            return watch.trace.tail.snapshot(until, since)
         if not self.slots.running(watch.slot):
             return None
         return self._tried_regions(watch.slot)

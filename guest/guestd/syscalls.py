@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 from array import array
 from collections.abc import Sequence
 from typing import Protocol
 
 SYS_MOVE_PAGES_X86_64 = 279
+SYS_MBIND_X86_64 = 237
 MPOL_MF_MOVE = 1 << 1  # move pages mapped only by this process; shared ones stay put
+MPOL_BIND = 2
+NODEMASK_BITS = 64  # one unsigned long: nodes 0-62 (mbind reads maxnode - 1 bits)
+
+
+class Held(Protocol):
+    """Memory the daemon holds on one node until ``release``."""
+
+    def release(self) -> None: ...
 
 
 class Syscalls(Protocol):
@@ -23,6 +33,9 @@ class Syscalls(Protocol):
     def set_affinity(self, tid: int, cpus: Sequence[int]) -> None: ...
 
     def kill(self, pid: int, signum: int) -> None: ...
+
+    def hold_memory(self, node: int, size: int) -> Held:
+        """Allocate ``size`` bytes (whole pages) of the daemon's own memory on ``node`` and keep them."""
 
 
 class LinuxSyscalls:
@@ -52,6 +65,33 @@ class LinuxSyscalls:
 
     def kill(self, pid: int, signum: int) -> None:
         os.kill(pid, signum)
+
+    def hold_memory(self, node: int, size: int) -> Held:
+        if not 0 <= node < NODEMASK_BITS - 1:
+            raise OSError(22, f"node {node} is beyond the daemon's node mask")
+        region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        view = ctypes.c_char.from_buffer(region)
+        address = ctypes.addressof(view)
+        del view  # an exported pointer would keep release() from unmapping
+        mask = ctypes.c_ulong(1 << node)
+        result = self._libc.syscall(ctypes.c_long(SYS_MBIND_X86_64), ctypes.c_void_p(address),
+                                    ctypes.c_ulong(size), ctypes.c_int(MPOL_BIND), ctypes.byref(mask),
+                                    ctypes.c_ulong(NODEMASK_BITS), ctypes.c_uint(0))
+        if result < 0:
+            code = ctypes.get_errno()
+            region.close()
+            raise OSError(code, f"mbind to node {node}: {os.strerror(code)}")
+        for offset in range(0, size, mmap.PAGESIZE):  # the first write to each page allocates it, on ``node``
+            region[offset] = 1
+        return _HeldMapping(region)
+
+
+class _HeldMapping:
+    def __init__(self, region: mmap.mmap) -> None:
+        self._region = region
+
+    def release(self) -> None:
+        self._region.close()
 
 
 def _pointer(buffer: array[int] | None) -> ctypes.c_void_p:

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .kernel import Kernel, parse_id_list
+from .process import PAGE_SIZE
 from .protocol import GuestdError, JsonObject, invalid
+from .syscalls import Held, Syscalls
 from .tracefs import DAMON_EVENT
 
 NODE_DIR = "sys/devices/system/node"
@@ -196,17 +198,65 @@ KNOBS = (
 )
 
 
-def settle_memory(kernel: Kernel) -> JsonObject:
+class Ballast:
+    """Memory the daemon holds on each node so that every run's workload starts with the same free memory.
+
+    Why: with the caches dropped, a node's free memory still differs by several MiB from boot to boot
+    (other daemons' allocations, slab).  A workload that fills DRAM by first touch then leaves a different
+    share of its next buffer in DRAM in each run: on ``demo`` first-touch's zipf catalog had 0-5% of its
+    pages in DRAM, its hottest ones, and the score moved by 8%.  Held down to a declared target, each
+    node's free memory is the same at every start to within a few pages.
+    """
+
+    # The page tables that map what is held come from the daemon's own node, ~1/512 of what is held
+    # (8 bytes per 4 KiB page): each pass but the last holds short of every target by twice that for
+    # what is still to hold, so that no node ends below its target; the last pass takes up the rest,
+    # and what its own page tables take is a few pages at most.
+    PAGE_TABLE_SLACK = 256
+    PASSES = 3
+
+    def __init__(self, kernel: Kernel, syscalls: Syscalls) -> None:
+        self._kernel = kernel
+        self._syscalls = syscalls
+        self._held: list[Held] = []
+
+    def fill(self, targets: dict[int, int]) -> dict[int, int]:
+        """Hold memory until each node's free bytes are at most its target; the bytes held per node."""
+        held = dict.fromkeys(targets, 0)
+        for last in (False,) * (self.PASSES - 1) + (True,):
+            to_hold = sum(max(0, self._excess(node, target, 0)) for node, target in targets.items())
+            margin = 0 if last else to_hold // self.PAGE_TABLE_SLACK
+            for node, target in targets.items():
+                excess = self._excess(node, target, margin)
+                if excess > 0:
+                    self._held.append(self._syscalls.hold_memory(node, excess))
+                    held[node] += excess
+        return held
+
+    def _excess(self, node: int, target: int, margin: int) -> int:
+        """Whole pages by which ``node``'s free memory is above ``target`` plus ``margin``."""
+        return (node_free_bytes(self._kernel, node) - target - margin) // PAGE_SIZE * PAGE_SIZE
+
+    def release(self) -> None:
+        while self._held:
+            self._held.pop().release()
+
+
+def settle_memory(kernel: Kernel, ballast: Ballast, free_targets: dict[int, int]) -> JsonObject:
     """Free the page cache and reclaimable slab, then compact: every run's workload then first-touches memory
     that is free outright, not memory the kernel must reclaim while it allocates (which splits a buffer
-    between nodes differently from run to run). Free bytes per node before and after."""
+    between nodes differently from run to run). Then hold each node in ``free_targets`` down to its target.
+    Free bytes per node before and after, and the bytes held."""
+    ballast.release()
     before = {str(node): node_free_bytes(kernel, node) for node in memory_nodes(kernel)}
     os.sync()
     kernel.write(DROP_CACHES, "3")
     if kernel.exists(COMPACT_MEMORY):
         kernel.write(COMPACT_MEMORY, "1")
+    held = ballast.fill(free_targets)
     return {"free_before": before,
-            "free_after": {str(node): node_free_bytes(kernel, node) for node in memory_nodes(kernel)}}
+            "free_after": {str(node): node_free_bytes(kernel, node) for node in memory_nodes(kernel)},
+            "held": {str(node): size for node, size in held.items()}}
 
 
 class Tiering:

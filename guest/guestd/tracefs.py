@@ -31,6 +31,7 @@ import errno
 import logging
 import os
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -59,16 +60,18 @@ class Region(NamedTuple):
 
     start: int
     end: int
-    nr_accesses: int
+    nr_accesses: float  # a whole number in one aggregation
     age: int
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One complete DAMON aggregation; ``time`` is CLOCK_MONOTONIC seconds when it ended."""
+    """A complete DAMON aggregation, or the mean of several; ``time`` is CLOCK_MONOTONIC seconds when the
+    (newest) one ended."""
 
     time: float
     regions: tuple[Region, ...]
+    aggregations: int = 1
 
 
 def history_aggregations(aggr_us: int) -> int:
@@ -76,16 +79,18 @@ def history_aggregations(aggr_us: int) -> int:
     return -(-int(HISTORY_S * 1e6) // max(1, aggr_us)) + 2
 
 
-def last_complete_aggregation(text: bytes, until: float | None = None) -> Snapshot | None:
-    """The newest aggregation in ``text`` of which every region line is present (that ended by ``until``).
+def complete_aggregations(text: bytes, until: float | None = None, since: float | None = None) -> list[Snapshot]:
+    """The complete aggregations in ``text`` that ended in (``since``, ``until``], newest first.
 
     Walking back from the end, a sweep is a run of lines with the same
     ``nr_regions`` and falling start addresses (regions are emitted in address
     order); a sweep shorter than its ``nr_regions`` is one still being written,
     or one the ring buffer lost lines of, and is skipped.  One ``findall`` does
-    the parsing in C; the walk converts only counts and starts.
+    the parsing in C; the walk converts only counts and starts.  Without
+    ``since``, only the newest that ended by ``until``.
     """
     entries = _AGGREGATED.findall(text)
+    found: list[Snapshot] = []
     end = len(entries)  # the sweep being collected is entries[index:end]
     expected = next_start = 0
     for index in range(len(entries) - 1, -1, -1):
@@ -96,12 +101,62 @@ def last_complete_aggregation(text: bytes, until: float | None = None) -> Snapsh
             expected = count
         next_start = start
         if end - index == expected:
-            if until is None or float(entries[end - 1][0]) <= until:
-                regions = tuple(Region(int(low), int(high), int(accesses), int(age))
-                                for _, _, low, high, accesses, age in entries[index:end])
-                return Snapshot(float(entries[end - 1][0]), regions)
-            end = index  # complete, but it ended too late: the sweep before it is next
-    return None
+            ended = float(entries[end - 1][0])
+            if since is not None and ended <= since:
+                break
+            if until is None or ended <= until:
+                found.append(Snapshot(ended, tuple(Region(int(low), int(high), int(accesses), int(age))
+                                                   for _, _, low, high, accesses, age in entries[index:end])))
+                if since is None:
+                    break
+            end = index  # the sweep before this one is next
+    return found
+
+
+def mean_accesses(aggregations: list[Snapshot]) -> Snapshot:
+    """The first (newest) aggregation's regions, each with the mean ``nr_accesses`` over all of them.
+
+    Why: one aggregation is 20 samples of one random page per region, so a region's count is a small
+    binomial draw; a policy that compares it with a threshold flips between repeats of the same run.
+    Averaged over an epoch's ten aggregations its error is a third as large.  Regions split and merge
+    between aggregations, so each older aggregation counts by how many bytes of its regions overlap
+    the newest one's (its access count integrated over the region, over the bytes it covers there).
+    """
+    newest = aggregations[0]
+    if len(aggregations) == 1:
+        return newest
+    sums = [0.0] * len(newest.regions)
+    covered = [0] * len(newest.regions)
+    for aggregation in aggregations:
+        cumulative = _Cumulative(aggregation.regions)
+        for index, region in enumerate(newest.regions):
+            (low_sum, low_length), (high_sum, high_length) = cumulative.at(region.start), cumulative.at(region.end)
+            sums[index] += high_sum - low_sum
+            covered[index] += high_length - low_length
+    return Snapshot(newest.time, tuple(
+        region._replace(nr_accesses=round(total / size, 3) if size else region.nr_accesses)
+        for region, total, size in zip(newest.regions, sums, covered, strict=True)), len(aggregations))
+
+
+class _Cumulative:
+    """One aggregation's access count integrated over addresses, and the bytes its regions cover."""
+
+    def __init__(self, regions: tuple[Region, ...]) -> None:
+        self._regions = regions
+        self._starts = [region.start for region in regions]
+        self._integral, self._length = [0.0], [0]  # over the regions before each one
+        for region in regions:
+            self._integral.append(self._integral[-1] + region.nr_accesses * (region.end - region.start))
+            self._length.append(self._length[-1] + region.end - region.start)
+
+    def at(self, address: int) -> tuple[float, int]:
+        """Both, from the lowest address up to ``address``."""
+        index = bisect_right(self._starts, address) - 1
+        if index < 0:
+            return 0.0, 0
+        region = self._regions[index]
+        inside = min(address, region.end) - region.start
+        return self._integral[index] + region.nr_accesses * inside, self._length[index] + inside
 
 
 class TraceTail:
@@ -114,7 +169,7 @@ class TraceTail:
         self._changed = False
         self._complete = b""  # the buffer up to its last whole line, as last parsed
         self._latest: Snapshot | None = None
-        self._by_until: dict[float, Snapshot | None] = {}
+        self._asked: dict[tuple[float, float | None], Snapshot | None] = {}
 
     def _drain(self) -> None:
         while True:
@@ -141,22 +196,24 @@ class TraceTail:
             cut = self._buffer.find(b"\n", excess)
             del self._buffer[: cut + 1 if cut >= 0 else len(self._buffer)]
 
-    def snapshot(self, until: float | None = None) -> Snapshot | None:
-        """The latest complete aggregation that ended by ``until`` (CLOCK_MONOTONIC seconds; None: the latest).
+    def snapshot(self, until: float | None = None, since: float | None = None) -> Snapshot | None:
+        """The latest complete aggregation that ended by ``until`` (CLOCK_MONOTONIC seconds; None: the latest);
+        with ``since`` too, the mean of those that ended in (``since``, ``until``].
 
         If none that old is kept any more, the latest (its ``time`` says how late); parses again only when
         new lines arrived."""
         self._drain()
         if self._changed:
             self._complete = bytes(self._buffer[: self._buffer.rfind(b"\n") + 1])
-            self._latest = last_complete_aggregation(self._complete) or self._latest
-            self._by_until = {}
+            self._latest = next(iter(complete_aggregations(self._complete)), self._latest)
+            self._asked = {}
             self._changed = False
         if until is None:
             return self._latest
-        if until not in self._by_until:
-            self._by_until[until] = last_complete_aggregation(self._complete, until) or self._latest
-        return self._by_until[until]
+        if (until, since) not in self._asked:
+            found = complete_aggregations(self._complete, until, since)
+            self._asked[until, since] = mean_accesses(found) if found else self._latest
+        return self._asked[until, since]
 
 
 def ring_buffer_kb(max_regions: int, aggregations: int = 2) -> int:

@@ -38,6 +38,7 @@ from testbed.channel.replies import (
     RunExit,
     RunOutput,
     RunResult,
+    Settled,
     TieringChange,
     Vmstat,
     WatchInfo,
@@ -326,9 +327,12 @@ class GuestClient:
         reply = self.call("vmstat", {"all": everything})
         return Vmstat(reply.get("time", float), reply.mapping("counters", int))
 
-    def settle(self) -> dict[int, int]:
-        """Drop the page cache and compact memory before a workload starts; each node's free bytes after."""
-        return self.call("settle", {}).per_node("free_after")
+    def settle(self, free_targets: dict[int, int] | None = None) -> Settled:
+        """Drop the page cache and compact memory before a workload starts, and hold each node of
+        ``free_targets`` down to that many free bytes."""
+        reply = self.call("settle", {"free": [{"node": node, "bytes": size}
+                                              for node, size in (free_targets or {}).items()]})
+        return Settled(reply.per_node("free_after"), reply.per_node("held"))
 
     def tiering(self, settings: TieringSettings | None = None) -> TieringChange:
         """Read (``None``) or set the kernel's NUMA balancing mode and demotion; the daemon restores them on exit."""
@@ -353,18 +357,21 @@ class GuestClient:
 
     def observe(self, pid: int, *, ranges: Sequence[ResidencyQuery] = (), soft_dirty: bool = True,
                 region_nodes: bool = False, max_regions: int | None = None, pagemap_budget_pages: int | None = None,
-                damon_until_us: int | None = None, timeout: float | None = None) -> ObserveReply:
+                damon_until_us: int | None = None, damon_since_us: int | None = None,
+                timeout: float | None = None) -> ObserveReply:
         """One observation of ``pid``: CPU time, residency per node, DAMON regions, and the asked ``ranges``.
 
         With ``soft_dirty`` each region and chunk reports pages written since the previous observe
         (the daemon then clears the bits, so two observers of one pid would share the count).
         With ``region_nodes`` each DAMON region reports its bytes on each node, from sampled pages.
         With ``damon_until_us`` (the guest's CLOCK_MONOTONIC) the DAMON view is the last aggregation
-        that ended by then.
+        that ended by then; with ``damon_since_us`` too, its regions with each one's mean ``nr_accesses``
+        over the aggregations that ended in between.
         """
         args = {"pid": pid, "ranges": [query.to_args() for query in ranges], "soft_dirty": soft_dirty,
                 "region_nodes": region_nodes, "max_regions": max_regions,
-                "pagemap_budget_pages": pagemap_budget_pages, "damon_until_us": damon_until_us}
+                "pagemap_budget_pages": pagemap_budget_pages, "damon_until_us": damon_until_us,
+                "damon_since_us": damon_since_us}
         return ObserveReply.parse(self.call("observe", args, timeout))
 
     # Acting ---------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ class DamonRegion:
     id: int  # valid for migrate(regions=...) until the next observe of the same pid
     start: int
     end: int
-    nr_accesses: int
+    nr_accesses: float  # samples that found the region accessed; a mean when averaged over aggregations
     age: int
     resident_pages: int | None  # estimated from pagemap; None when soft_dirty was off
     written_pages: int | None  # soft-dirty since the previous observe
@@ -179,26 +179,34 @@ class DamonView:
     observation: int
     source: str
     running: bool
-    time: float | None  # guest CLOCK_MONOTONIC when the aggregation ended; None before the first
+    time: float | None  # guest CLOCK_MONOTONIC when the (newest) aggregation ended; None before the first
     total_regions: int
     regions: tuple[DamonRegion, ...]
+    aggregations: int = 1  # how many aggregations ``nr_accesses`` is the mean of
 
     @classmethod
     def parse(cls, damon: ReplyFields) -> DamonView:
         columns = damon.items("columns", str)
-        rows = [dict(zip(columns, (_checked(value, int, "observe", "result.damon.regions[]") for value in row),
-                         strict=True))
-                for row in damon.items("regions", list)]
+        where = "result.damon.regions[]"
+        rows: list[tuple[dict[str, int], float]] = []  # each row's whole-number columns, and its access count
+        for row in damon.items("regions", list):
+            if len(row) != len(columns):
+                raise _bad_reply("observe", where, f"{len(columns)} values", row)
+            values = dict(zip(columns, row, strict=True))
+            # A mean (a fraction) when averaged over aggregations; every other column is a whole number.
+            count = _checked(values.pop("nr_accesses", None), float, "observe", where)
+            rows.append(({column: _checked(value, int, "observe", where) for column, value in values.items()}, count))
         placements = _region_placements(damon) if damon.has("region_nodes") else [None] * len(rows)
         if len(placements) != len(rows):
             raise _bad_reply("observe", "result.damon.region_nodes", f"{len(rows)} objects", placements)
         regions = tuple(
-            DamonRegion(row["id"], row["start"], row["end"], row["nr_accesses"], row["age"],
+            DamonRegion(row["id"], row["start"], row["end"], count, row["age"],
                         row.get("resident_pages"), row.get("written_pages"), row.get("sampled_pages"), nodes)
-            for row, nodes in zip(rows, placements, strict=True)
+            for (row, count), nodes in zip(rows, placements, strict=True)
         )
         return cls(damon.get("observation", int), damon.get("source", str), damon.get("running", bool),
-                   damon.optional("time", float), damon.get("total_regions", int), regions)
+                   damon.optional("time", float), damon.get("total_regions", int), regions,
+                   damon.optional("aggregations", int) or 1)
 
 
 def _region_placements(damon: ReplyFields) -> list[dict[int, int] | None]:
@@ -316,6 +324,14 @@ def tiering_args(settings: TieringSettings) -> JsonObject:
 class TieringChange:
     previous: TieringSettings
     current: TieringSettings
+
+
+@dataclass(frozen=True)
+class Settled:
+    """After ``settle``: each node's free bytes, and what the daemon holds on the nodes given a target."""
+
+    free_after: dict[int, int]
+    held: dict[int, int]
 
 
 @dataclass(frozen=True)
