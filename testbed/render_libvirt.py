@@ -3,7 +3,8 @@
 The topology is native libvirt XML: NUMA cells (CPU-less ones without
 ``cpus``), distances and ``<interconnects>``. What libvirt 11.3 cannot
 express goes through ``<qemu:commandline>``: CXL type-3 devices, the
-user-mode network with a loopback port forward, and NVDIMM nodes — an NVDIMM
+user-mode network with a loopback port forward, a shared host directory (the
+QEMU backend's 9p device in its fixed slot, so saved states match), and NVDIMM nodes — an NVDIMM
 needs a memory-less NUMA node, and libvirt renders a memory-less cell as a
 zero-sized RAM backend that QEMU rejects (so ``<memory model='nvdimm'>``,
 which must name a cell, cannot be used either).
@@ -27,6 +28,7 @@ from testbed.render_qemu import (
     network_args,
     nvdimm_node_args,
 )
+from testbed.share import share_args
 from testbed.units import MIB
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -144,6 +146,8 @@ def _qemu_commandline(domain: ET.Element, vm: VmConfig) -> None:
     args = _nvdimm_args(vm) + cxl_args(vm.system)
     if vm.ssh_port is not None:
         args += network_args(vm.ssh_port)
+    if vm.share is not None:
+        args += share_args(vm.share)
     if not args:
         return
     commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")

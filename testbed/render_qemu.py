@@ -13,6 +13,7 @@ from pathlib import Path
 from testbed.accel import Accelerator
 from testbed.hmat import HmatEntry, hmat_entries, hmat_targets
 from testbed.model import Emulation, MemoryNode, System
+from testbed.share import share_args
 from testbed.units import MIB
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -64,6 +65,7 @@ class VmConfig:
     boot: GuestBoot | None = None  # None: no guest, e.g. to check the machine starts
     ssh_port: int | None = None
     incoming: Path | None = None  # saved state to restore instead of booting
+    share: Path | None = None  # a host directory the guest mounts (testbed/share.py)
 
 
 def qemu_argv(vm: VmConfig) -> list[str]:
@@ -77,6 +79,8 @@ def qemu_argv(vm: VmConfig) -> list[str]:
                  "-device", "virtio-blk-pci,drive=disk0,id=vda,bus=pcie.0"]
     if vm.ssh_port is not None:
         argv += network_args(vm.ssh_port)
+    if vm.share is not None:
+        argv += share_args(vm.share)
     if vm.incoming:
         argv += ["-incoming", f"file:{vm.incoming}"]
     return argv

@@ -31,6 +31,11 @@ class CommandResult:
     stdout: str
     stderr: str
 
+    @property
+    def rc(self) -> int:
+        """The exit code by its short name, as a test asserts it (``assert vm.run(...).rc == 0``)."""
+        return self.exit_code
+
 
 def pinned_host_key(public_key_file: Path) -> paramiko.PKey:
     kind, data = public_key_file.read_text().split()[:2]
@@ -95,6 +100,13 @@ class GuestShell:
         channel = transport.open_session()
         channel.exec_command(command)
         return ChannelTransport(channel)
+
+    def sftp(self) -> paramiko.SFTPClient:
+        """File transfer on a channel of this connection (the guest runs OpenSSH's sftp-server)."""
+        try:
+            return self._client.open_sftp()
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise SshError(f"SFTP to the guest on port {self.port} failed: {error}") from None
 
     @property
     def alive(self) -> bool:

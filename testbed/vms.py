@@ -32,6 +32,7 @@ from testbed.model import Emulation, System
 from testbed.paths import cache_dir, state_dir
 from testbed.proc import run
 from testbed.render_qemu import QEMU_BINARY, GuestBoot, VmConfig, VmFiles, guest_memory, machine_args
+from testbed.share import GUEST_MOUNT, PLACEHOLDER, host_directory, mount_script, share_args
 
 if TYPE_CHECKING:  # SSH (paramiko) is loaded on first connection: `llamas ls` reads records, not guests
     from testbed.channel.client import GuestClient
@@ -73,6 +74,7 @@ class VmRecord:
     boot: BootKind
     boot_seconds: float
     cmdline: str
+    share: str = ""  # the host directory mounted at GUEST_MOUNT; last, with a default: older records lack it
 
     def write(self, directory: Path) -> None:
         (directory / "vm.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -111,7 +113,8 @@ class Vm:
 
     def config(self, incoming: Path | None = None) -> VmConfig:
         boot = GuestBoot(self.image.kernel, self.image.initrd, self.record.cmdline)
-        return VmConfig(self.system, self.record.accel, self.files, boot, self.record.ssh_port, incoming)
+        share = Path(self.record.share) if self.record.share else None
+        return VmConfig(self.system, self.record.accel, self.files, boot, self.record.ssh_port, incoming, share)
 
     def shell(self, timeout: float = 30.0) -> GuestShell:
         """The VM's SSH connection, opened on first use and reopened if it dropped."""
@@ -150,9 +153,12 @@ class Vm:
 
 def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = None,
        backend: VmBackend = VmBackend.QEMU, accel: Accelerator | None = None, warm: bool = True,
-       extra_cmdline: str = "", image: Image | None = None, log: Log = print, owned: bool = False) -> Vm:
+       extra_cmdline: str = "", image: Image | None = None, log: Log = print, owned: bool = False,
+       share: str | Path | None = None) -> Vm:
     """Start a VM for a system (a name in ``catalog``, or a path) and return it ready: SSH works and
     every device is a NUMA node.
+
+    ``share``: a host directory the guest sees, read-write, at ``/mnt/host`` (testbed/share.py).
 
     ``image`` defaults to the one built from the current code; an experiment passes the one it
     started with, so that its runs stay comparable whatever changes meanwhile. ``owned``: the VM dies
@@ -163,6 +169,7 @@ def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = No
     catalog = catalog or default_catalog()
     system = catalog.load_system(system_ref)
     check_host_memory(system)
+    shared = host_directory(share) if share is not None else None
     image = image or require_image()
     chosen = choose_accel(accel)
     log(f"accelerator: {chosen.name} ({chosen.reason})")
@@ -172,12 +179,16 @@ def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = No
                       catalog=str(catalog.root.resolve()), backend=backend, accel=chosen.name,
                       accel_reason=chosen.reason, ssh_port=_free_port(), image=image.key, handle="",
                       started=time.time(), boot=BootKind.COLD, boot_seconds=0.0,
-                      cmdline=f"{KERNEL_CMDLINE} {extra_cmdline}".strip())
+                      cmdline=f"{KERNEL_CMDLINE} {extra_cmdline}".strip(), share=str(shared or ""))
     vm = Vm(record, system, image)
     (directory / "known_hosts").write_text(known_hosts_line(record.ssh_port, image.host_key))
     record.write(directory)
     try:
-        return _start(vm, warm, log, owned)
+        _start(vm, warm, log, owned)
+        if shared is not None:
+            vm.shell().run(mount_script())
+            log(f"{vm.name}: {shared} is at {GUEST_MOUNT}")
+        return vm
     except BootFailed:
         vm.close()
         vm.machine.stop()  # the directory stays, with its console log, until `llamas down`
@@ -331,7 +342,8 @@ class Snapshot:
 
 
 def snapshot_key(vm: Vm) -> str:
-    """Everything a saved state depends on: image, machine, kernel arguments, bring-up, backend, QEMU.
+    """Everything a saved state depends on: image, machine, kernel arguments, bring-up, backend, QEMU,
+    and whether there is a share (its device, not its directory: testbed/share.py).
 
     libvirt restores only into a domain with the saved UUID, and two domains may not share
     one, so there a saved state belongs to one VM name.
@@ -341,6 +353,8 @@ def snapshot_key(vm: Vm) -> str:
                 "domain": vm.name if vm.record.backend == VmBackend.LIBVIRT else None,
                 "machine": machine_args(vm.system, vm.record.accel, placeholder), "cmdline": vm.record.cmdline,
                 "bringup": bringup_script(vm.system), "qemu": run([QEMU_BINARY, "--version"]).splitlines()[0]}
+    if vm.record.share:  # only then, so that the states saved before shares existed keep their keys
+        identity["share"] = share_args(PLACEHOLDER)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from testbed.catalog import DEFAULT_CATALOG, Catalog
 
+pytest_plugins = ("pytester",)  # tests/test_pytest_plugin.py runs test files through the testbed's plugin
+
 
 @pytest.fixture
 def catalog_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Catalog]:

@@ -27,6 +27,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     start.add_argument("--accel", type=Accelerator, choices=list(Accelerator),
                        help="default: KVM where it works, else TCG")
     start.add_argument("--cold", action="store_true", help="boot from scratch; do not use or save a warm state")
+    start.add_argument("--share", metavar="DIR", help="a host directory the guest sees, read-write, at /mnt/host")
     start.set_defaults(handler=up_command)
 
     commands.add_parser("ls", help="list VMs, including stale ones").set_defaults(handler=ls_command)
@@ -71,7 +72,8 @@ def image_info(args: argparse.Namespace) -> int:
 def up_command(args: argparse.Namespace) -> int:
     from testbed.vms import up
 
-    vm = up(args.system, name=args.name, backend=args.backend, accel=args.accel, warm=not args.cold)
+    vm = up(args.system, name=args.name, backend=args.backend, accel=args.accel, warm=not args.cold,
+            share=args.share)
     vm.close()
     print(f"{vm.name} is up: llamas ssh {vm.name}; llamas verify {vm.name}; llamas down {vm.name}")
     return 0
