@@ -1,14 +1,16 @@
-"""Spread of one policy over repeats: free-running workload (before the epoch barrier) beside the barrier.
+"""Spread of policies over repeats, beside the 2% target; with ``--free``, also with a free-running workload
+(no epoch barrier: how runs were made before it).
 
-Each repeat starts from the same saved VM state and the same workload seed. The
-table gives the median modeled memory time, its range and the spread
-((max - min) / median), and, to find where the spread comes from, how far the
-repeats differ in each input of the score: the ground truth (memtouch's counts,
-seeded), the residency the score charges (sampled pages), the bytes the policy
-moved, and the DAMON regions it saw. Late epochs are those whose accesses took
-longer than the interval.
+Each repeat starts from the same saved VM state, the same free memory per node and
+the same workload seed. The table gives the median modeled memory time, its range
+and the spread ((max - min) / median), and, to find where the spread comes from,
+how far the repeats differ in each input of the score: the ground truth
+(memtouch's counts, seeded), the residency the score charges (sampled pages), the
+bytes the policy moved, the DAMON regions it saw, and the workload's bytes on each
+node at the start. Late epochs are those whose accesses took longer than the
+interval.
 
-    .venv/bin/python benchmarks/spread.py [--spec smoke] [--policy hot-cold] [--repeats 5]
+    .venv/bin/python benchmarks/spread.py [--spec smoke] [--policies first-touch,hot-cold] [--repeats 5] [--free]
 """
 
 from __future__ import annotations
@@ -58,24 +60,28 @@ def row(label: str, experiment: Experiment, timelines: list[Timeline]) -> list[o
             distinct([[e.residency for e in t.epochs] for t in timelines]),
             f"{min(moved) / 2**20:.0f}-{max(moved) / 2**20:.0f}",
             f"{statistics.median(e.regions_seen for t in timelines for e in t.epochs):.0f}",
+            " ".join(f"{min(w) / 2**20:.0f}-{max(w) / 2**20:.0f}"
+                     for w in zip(*([n.workload_bytes for n in t.start.nodes] for t in timelines), strict=True)),
             sum(e.late for t in timelines for e in t.epochs)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="smoke")
-    parser.add_argument("--policy", default="hot-cold")
+    parser.add_argument("--policies", default="first-touch,hot-cold", help="comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--free", action="store_true", help="also run each policy without the epoch barrier")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
     args = parser.parse_args()
     experiment = load_experiment(args.spec)
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch)
-        rows = [row(label, experiment, repeats(experiment, args.policy, args.repeats, barrier, out))
-                for label, barrier in (("free-running (before)", False), ("epoch barrier", True))]
-    print(f"{args.policy} on {args.spec}, {args.repeats} repeats each; target: a spread under {TARGET_SPREAD:.0%}\n")
-    print(render_table(("workload", "median s", "range s", "spread", "truths", "residencies", "moved MiB",
-                        "DAMON regions", "late epochs"), rows))
+        rows = [[policy, *row(label, experiment, repeats(experiment, policy, args.repeats, barrier, out / policy))]
+                for policy in args.policies.split(",")
+                for label, barrier in ((("free-running", False),) if args.free else ()) + (("epoch barrier", True),)]
+    print(f"{args.spec}, {args.repeats} repeats each; target: a spread under {TARGET_SPREAD:.0%}\n")
+    print(render_table(("policy", "workload", "median s", "range s", "spread", "truths", "residencies", "moved MiB",
+                        "DAMON regions", "start MiB per node", "late epochs"), rows))
 
 
 if __name__ == "__main__":
