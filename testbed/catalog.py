@@ -130,6 +130,7 @@ def parse_device(data: object, path: Path) -> Device:
         description=fields.text("description"),
         latency_model=_latency_model(fields) if fields.has("latency_model") else None,
         source=path,
+        endurance_writes=fields.get("endurance", _positive(_number), None),
     )
     fields.raw("latency_model", None)
     fields.done()
@@ -274,6 +275,12 @@ def system_yaml(system: System) -> str:
     data = {"name": system.name, "description": system.description, "sockets": sockets, "nodes": nodes,
             "cross_socket": link, "distances": [list(row) for row in system.distances]}
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
 
 
 def _positive(parse: Callable[[object], float]) -> Callable[[object], float]:

@@ -64,6 +64,9 @@ class Device:
     description: str
     latency_model: FrequencyLatency | None = None
     source: Path | None = None
+    # Full-device writes the medium takes before it wears out (a rated PBW over the capacity); for the score's
+    # wear column only: no policy is told it (a policy learns that a device wears only from its text).
+    endurance_writes: float | None = None
 
     def access_latency_ns(self, write: bool, accesses_per_page_per_s: float) -> float:
         """What one access costs, including the device's own latency model."""

@@ -39,7 +39,7 @@ from testbed.summary import (
 )
 from testbed.table import markdown_table, render_table
 from testbed.timeline import RunStatus
-from testbed.units import MIB, format_bandwidth
+from testbed.units import MIB, format_bandwidth, format_size
 from testbed.values import PolicyKind
 
 NOISE = (f"A difference is beyond noise when the 95% bootstrap interval of the difference of medians excludes 0 and "
@@ -111,6 +111,14 @@ def render_report(summary: Summary, manifest: Manifest, plot_files: list[Path]) 
         lines += ["", "## What the texts add", "",
                   "Each LLM policy beside its text-blind twin: the same code given HMAT alone, the device and "
                   "system texts withheld. Faster than the twin means reading the texts helped.", "", *text]
+    wear = _wear_rows(summary)
+    if wear:
+        lines += ["", "## Wear", "", "Bytes written to the devices whose medium wears out (a write puts a 64-byte "
+                  "line on the node that held it), and how long the first of them to wear out would last at "
+                  "the run's write rate, from its rated endurance (full-device writes; the score's alone: no "
+                  "policy is told it). Medians over the policy's finished runs. Not part of modeled time: a "
+                  "policy that is faster by writing to such a device pays here.", "",
+                  markdown_table(("Policy", "Written to wearing memory", "Life at this rate"), wear)]
     lines += ["", "## Kernel settings", "", "What each run started from, read back from the guest after the "
               "policy's setup; every run should show the same.", "", _kernel_table(summary)]
     if summary.notes:
@@ -206,6 +214,19 @@ def _run_facts(summary: Summary, manifest: Manifest) -> list[tuple[str, str]]:
             ("epochs", epochs), ("policies", ", ".join(name for name in summary.policies if name not in BOUNDS)),
             ("migration budget", budget), ("migration throughput", format_bandwidth(summary.migration_throughput)),
             ("reference run", summary.reference_run or "-"), *manifest.facts]
+
+
+def _wear_rows(summary: Summary) -> list[tuple[str, str, str]]:
+    """One row per policy that ran, if the system has a device that wears out."""
+    return [(name, format_size(int(policy.metrics.worn_bytes)), _years(policy.metrics.wear_life_years))
+            for name, policy in summary.policies.items()
+            if policy.kind != PolicyKind.BOUND and policy.metrics.worn_bytes is not None]
+
+
+def _years(value: float | None) -> str:
+    if value is None:
+        return "nothing written"
+    return f"{value:.3g} years" if value >= 1 else f"{value * 365.25 * 24:.3g} hours"
 
 
 def _usage_rows(summary: Summary) -> list[tuple[str, str, str]]:

@@ -16,10 +16,13 @@ placement is worth, so a run is scored by what its accesses would have cost:
   policy's own moves and the kernel's promotions and demotions) divided by
   the experiment's migration throughput.
 
-``modeled_time_s`` is their sum. The **lower bound** puts every chunk on its
-fastest node in every epoch, ignores capacity and charges no migration. The
-**oracle** is the best placement that respects each node's capacity, chosen
-with full knowledge of the ground truth and charged for its migrations
+``modeled_time_s`` is their sum. Beside it, **wear**: the bytes written to each
+node (a write puts one 64-byte line on the medium; residency as above), and for
+a device with a rated endurance (full-device writes), how long it would last at
+the run's write rate. The **lower bound** puts every chunk on its fastest node
+in every epoch, ignores capacity and charges no migration. The **oracle** is
+the best placement that respects each node's capacity, chosen with full
+knowledge of the ground truth and charged for its migrations
 (:mod:`testbed.oracle`): an upper bound on what any policy can achieve.
 """
 
@@ -41,6 +44,8 @@ Indices = npt.NDArray[np.intp]
 Flags = npt.NDArray[np.bool_]
 
 NS = 1e-9
+LINE_BYTES = 64  # memtouch touches one cache line per access: a write puts a line on the medium
+YEAR_S = 365.25 * 24 * 3600
 ORACLE = "oracle"  # the oracle's name among the policies of a summary: held to the policies' migration budget
 ORACLE_UNBUDGETED = "oracle-unbudgeted"  # the same oracle moving without limit
 BOUNDS = (ORACLE, ORACLE_UNBUDGETED)
@@ -156,6 +161,27 @@ def score(data: RunData, costs: Array, throughput: float) -> Score:
         unsampled=tuple((int(k), int(data.region_of[c]), int(c - region_starts[data.region_of[c]]))
                         for k, c in unsampled),
     )
+
+
+@dataclass(frozen=True)
+class Wear:
+    written_bytes: tuple[float, ...]  # per node
+    worn_bytes: float | None  # written to the nodes whose device wears out; None: the system has none
+    life_years: float | None  # how long the first of them to wear out would last at the run's write rate;
+    # None also when nothing was written to them (worn_bytes says 0)
+
+    @classmethod
+    def of(cls, data: RunData, costs: Array, system: System) -> Wear:
+        written = (data.writes[..., None] * placed_shares(data, costs)).sum(axis=(0, 1)) * LINE_BYTES
+        wearing = [node for node in system.nodes if node.device.endurance_writes]
+        if not wearing:
+            return cls(tuple(float(v) for v in written), None, None)
+        seconds = data.epochs * data.interval_s
+        # The medium's life in bytes written is its size times its endurance (wear levelling spreads writes).
+        lives = [node.size * (node.device.endurance_writes or 0) / written[node.id] * seconds / YEAR_S
+                 for node in wearing if written[node.id] > 0]
+        return cls(tuple(float(v) for v in written), float(sum(written[node.id] for node in wearing)),
+                   min(lives) if lives else None)
 
 
 def score_run(timeline: Timeline, system: System, throughput: float) -> Score:

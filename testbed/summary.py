@@ -39,9 +39,12 @@ decided), ``actions`` (sent to the guest), ``rejected`` (refused by the
 validator), ``late_decisions`` (missed the deadline), ``late_epochs`` (the
 workload fell behind), ``epochs``, ``ratio_to_lower_bound`` (against the bound
 over the run's own epochs), ``ratio_to_oracle`` (null for a run that did not
-cover the oracle's epochs) and ``unsampled_chunks`` (chunk-epochs with no
-residency sample, charged on the slowest node); any may be null when not
-measured. The bounds are policies of kind ``"bound"``, never policies that
+cover the oracle's epochs), ``unsampled_chunks`` (chunk-epochs with no
+residency sample, charged on the slowest node), ``worn_bytes`` (written to the
+devices with a rated endurance) and ``wear_life_years`` (how long the first of
+them to wear out would last at the run's write rate; null if none was
+written); any may be null when not measured (the wear ones: the system has no
+such device). The bounds are policies of kind ``"bound"``, never policies that
 ran: ``"oracle"`` moves at most ``migration_budget`` per interval as the
 policies may, and is what ratios and gaps are measured against;
 ``"oracle-unbudgeted"`` moves without limit. Each has no repeats and adds
@@ -60,7 +63,7 @@ from testbed.model import System
 from testbed.notes import notes
 from testbed.oracle import OracleError
 from testbed.rundir import Manifest, Record, Run
-from testbed.score import ORACLE, ORACLE_UNBUDGETED, Oracle, TimelineError, lower_bound_s, oracle, score
+from testbed.score import ORACLE, ORACLE_UNBUDGETED, Oracle, TimelineError, Wear, lower_bound_s, oracle, score
 from testbed.stats import median, median_interval
 from testbed.timeline import RunStatus
 from testbed.values import PolicyKind
@@ -85,6 +88,8 @@ class Metrics:
     ratio_to_lower_bound: float | None = None
     ratio_to_oracle: float | None = None
     unsampled_chunks: float | None = None
+    worn_bytes: float | None = None  # written to devices that wear out (None: the system has none)
+    wear_life_years: float | None = None  # how long the first of them would last at the run's write rate
 
     def json(self) -> dict[str, float | None]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -226,7 +231,7 @@ def summarize(manifest: Manifest, system: System, runs: list[Run], reference: Re
     best = bounds.budgeted
     oracle_s = best.modeled_time_s if isinstance(best, Oracle) else None
     epochs = reference.record.data.epochs if reference else 0
-    results = [_result(run, throughput, oracle_s, epochs) for run in runs]
+    results = [_result(run, system, throughput, oracle_s, epochs) for run in runs]
     names = [name for name in manifest.policies if name not in (ORACLE, ORACLE_UNBUDGETED)]
     names += sorted({run.policy for run in runs} - set(names))
     policies = {name: _policy(name, [result for result in results if result.policy == name]) for name in names}
@@ -246,11 +251,12 @@ def summarize(manifest: Manifest, system: System, runs: list[Run], reference: Re
                    notes=tuple(notes(manifest, system, runs, results, reference, bounds)), policies=policies)
 
 
-def _result(run: Run, throughput: float, oracle_s: float | None, oracle_epochs: int) -> RunResult:
+def _result(run: Run, system: System, throughput: float, oracle_s: float | None, oracle_epochs: int) -> RunResult:
     if run.record is None:
         return RunResult(run.path, run.policy, None, run.repeat, RunStatus.FAILED, run.error, Metrics(), {})
     timeline = run.record.timeline
     measured = score(run.record.data, run.record.costs, throughput)
+    wear = Wear.of(run.record.data, run.record.costs, system)
     decisions = [record.decision for record in timeline.epochs if record.decision is not None]
     metrics = Metrics(
         modeled_time_s=measured.modeled_time_s, access_time_s=measured.access_time_s,
@@ -261,7 +267,7 @@ def _result(run: Run, throughput: float, oracle_s: float | None, oracle_epochs: 
         late_epochs=sum(record.late for record in timeline.epochs), epochs=measured.epochs,
         ratio_to_lower_bound=_ratio(measured.modeled_time_s, measured.lower_bound_s),
         ratio_to_oracle=_ratio(measured.modeled_time_s, oracle_s) if measured.epochs == oracle_epochs else None,
-        unsampled_chunks=len(measured.unsampled))
+        unsampled_chunks=len(measured.unsampled), worn_bytes=wear.worn_bytes, wear_life_years=wear.life_years)
     reason = None if run.status == RunStatus.OK else timeline.end.reason or "failed"
     return RunResult(run.path, run.policy, timeline.start.kind, run.repeat, run.status, reason, metrics,
                      dict(timeline.end.usage), dict(timeline.start.kernel), timeline.start.barrier,

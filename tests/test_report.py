@@ -19,6 +19,7 @@ from synthetic_runs import (
     on,
     run_directory,
     split,
+    system,
     timeline,
 )
 from test_render import check_golden
@@ -272,3 +273,22 @@ def test_llamas_report_rerenders_from_the_files(tmp_path: Path, capsys: pytest.C
     assert "oracle (upper bound)" in out and "lower bound (all fast)" in out
     assert (root / "summary.json").exists() and (root / "report.md").exists()
     assert main(["report", str(tmp_path / "nowhere")]) == 2
+
+
+def test_the_wear_a_policy_puts_on_persistent_memory_is_reported_beside_its_time(tmp_path: Path) -> None:
+    runs = {"first-touch": run("first-touch", first_touch),  # r1, 100 writes an epoch, stays on the PMem node
+            "hot-cold": run("hot-cold", lambda k: [[on(0), on(1)], [on(0)]] if k >= 2 else first_touch(k),
+                            moved_at=2, moved=4 * MIB)}
+    summary = write_results(run_directory(tmp_path, "dram-pmem", runs, throughput=THROUGHPUT), with_plots=False)
+    first, hot_cold = summary.policies["first-touch"].metrics, summary.policies["hot-cold"].metrics
+    # r0's chunk 0 (10 writes an epoch) stays in DRAM; hot-cold moves r1 to DRAM and r0's second chunk (no
+    # writes) to the PMem node in epoch 2
+    assert (first.worn_bytes, hot_cold.worn_bytes) == (4 * 100 * 64, 2 * 100 * 64)
+    pmem = system("dram-pmem").nodes[1]
+    assert first.wear_life_years == pytest.approx(pmem.size * 2000 / (400 * 64) * EPOCHS / (365.25 * 86400))
+    assert hot_cold.wear_life_years == pytest.approx(2 * (first.wear_life_years or 0))
+    text = (tmp_path / "report.md").read_text()
+    assert "## Wear" in text and "| first-touch | 25KiB | 10.6 years |" in text
+    plain = write_results(experiment(tmp_path / "cxl"), with_plots=False)  # no device wears out there
+    assert plain.policies["first-touch"].metrics.worn_bytes is None
+    assert "## Wear" not in (tmp_path / "cxl" / "report.md").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace as with_fields
+
 import numpy as np
 import pytest
 from synthetic_runs import epoch, layout, nodes, on, split, system, timeline
@@ -9,7 +11,10 @@ from synthetic_runs import epoch, layout, nodes, on, split, system, timeline
 from testbed.ledger import HEADROOM
 from testbed.memtouch import RegionLayout
 from testbed.score import (
+    LINE_BYTES,
+    YEAR_S,
     TimelineError,
+    Wear,
     access_costs,
     capacities,
     lower_bound_s,
@@ -141,3 +146,21 @@ def test_capacity_is_what_the_workload_held_plus_free_memory_above_the_headroom(
     assert 64 * MIB == HEADROOM
     # node 0: less free memory than the headroom, so only what it held; node 1: 500 - 64; node 2: absent
     assert capacity.tolist() == [900 * MIB, 436 * MIB, 0]
+
+
+def test_wear_counts_a_line_per_write_on_the_node_that_held_it_and_the_life_it_leaves() -> None:
+    plain = system("dram-cxl")
+    record = timeline(layout(2), two_chunks_three_epochs(), DRAM_CXL)
+    data = run_data(record, 2)
+    costs = access_costs(data, plain)
+    # writes: epoch 0 chunk 0 on DRAM (20); epoch 1 chunk 1 half on each node (50)
+    assert Wear.of(data, costs, plain) == Wear((45 * LINE_BYTES, 25 * LINE_BYTES), None, None)
+    cxl = plain.nodes[1]
+    wearing = with_fields(plain, nodes=(plain.nodes[0], with_fields(cxl, device=with_fields(cxl.device,
+                                                                                           endurance_writes=100))))
+    wear = Wear.of(data, costs, wearing)
+    assert wear.worn_bytes == 25 * LINE_BYTES
+    # 3 one-second epochs wrote 25 lines; the node takes 100 times its size
+    assert wear.life_years == pytest.approx(cxl.size * 100 / (25 * LINE_BYTES) * 3 / YEAR_S)
+    unwritten = run_data(timeline(layout(2), [epoch(0, reads=[[1, 1]])], DRAM_CXL), 2)
+    assert Wear.of(unwritten, access_costs(unwritten, wearing), wearing) == Wear((0.0, 0.0), 0.0, None)
