@@ -1,14 +1,19 @@
 """The guest image: built from the Debian archive only, cached by what it is made of.
 
 Two stages, each cached under the user's cache directory:
-1. a root file system from ``debootstrap`` (keyed by ``images/recipe.yaml``; ~1.5 min),
+1. a root file system from ``debootstrap`` (keyed by ``images/recipe.yaml`` and the extra packages;
+   ~1.5 min),
 2. the bootable image (keyed by the recipe, the overlay, the initrd script,
-   the guest code and memtouch's compiler flags; ~30 s): overlay files, guest
+   the guest code, memtouch's compiler flags and the extra packages; ~30 s): overlay files, guest
    daemon and workloads, a fresh client key pair and guest host key, an
    uncompressed ``vmlinux`` (booted through its PVH entry, which saves
    decompression under TCG), a small initrd with only the modules the root disk
    and network need, and an ext4 disk made with ``mkfs.ext4 -d`` (no loop
    device) converted to qcow2.
+
+Extra Debian packages (``llamas image build --packages a,b``, or the ``LLAMAS_GUEST_PACKAGES``
+setting, comma-separated) join the recipe's in debootstrap's include list. Each package set is an
+image of its own: a build replaces older images of its set only.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 import json
 import lzma
 import os
+import re
 import shutil
 import struct
 import time
@@ -38,6 +44,9 @@ GUEST_DIR = REPO_ROOT / "guest"
 GUEST_LIB = Path("opt/llamas/lib")
 GUEST_BIN = Path("opt/llamas/bin")
 DISK_HEADROOM = 512 * 2**20
+PACKAGES_SETTING = "LLAMAS_GUEST_PACKAGES"
+# Debian Policy 5.6.1: lowercase letters, digits, plus, minus and periods; two or more, the first alphanumeric.
+DEBIAN_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 Log = Callable[[str], None]
 
 
@@ -103,7 +112,20 @@ def images_dir() -> Path:
     return cache_dir() / "images"
 
 
-def image_key() -> str:
+def guest_packages(names: Iterable[str] | None = None, source: str = "packages") -> tuple[str, ...]:
+    """The extra Debian packages of the image: ``names`` (from ``source``, for the error), or else the
+    LLAMAS_GUEST_PACKAGES setting; sorted and without repeats, so that one set has one image key."""
+    if names is None:
+        names, source = os.environ.get(PACKAGES_SETTING, "").split(","), PACKAGES_SETTING
+    packages = {name.strip() for name in names} - {""}
+    for name in sorted(packages):
+        if not DEBIAN_PACKAGE_NAME.fullmatch(name):
+            raise UserError(f"{source}: {name!r} is not a Debian package name (lowercase letters, digits, "
+                            "'+', '-' and '.'; two or more, the first a letter or digit)")
+    return tuple(sorted(packages))
+
+
+def image_key(packages: tuple[str, ...] = ()) -> str:
     """A hash of everything the image is made of; a change to any of it means a rebuild."""
     from testbed import memtouch  # it loads numpy (for scoring); finding an image (`llamas ls`) must not
 
@@ -111,30 +133,37 @@ def image_key() -> str:
     inputs += _files_under(IMAGES_DIR / "overlay") + _files_under(GUEST_DIR)
     # memtouch's source is under guest/, but the binary the image ships is also made of the flags it is built with.
     flags = " ".join(memtouch.MEMTOUCH_CFLAGS)
-    return hashlib.sha256(f"{_hash_files(inputs)} {flags}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{_hash_files(inputs)} {flags} {','.join(packages)}".encode()).hexdigest()[:16]
 
 
-def current_image() -> Image | None:
-    image = Image(images_dir() / image_key())
+def current_image(packages: tuple[str, ...] | None = None) -> Image | None:
+    """The built image of this code with ``packages`` (default: the LLAMAS_GUEST_PACKAGES setting)."""
+    image = Image(images_dir() / image_key(guest_packages() if packages is None else packages))
     return image if (image.directory / "manifest.json").exists() else None
 
 
-def require_image() -> Image:
-    image = current_image()
+def require_image(packages: tuple[str, ...] | None = None) -> Image:
+    chosen = guest_packages() if packages is None else packages
+    image = current_image(chosen)
     if image is None:
-        raise UserError("no guest image for this version of the code: run `llamas image build`")
+        with_packages = f" --packages {','.join(chosen)}" if chosen else ""
+        raise UserError(f"no guest image for this version of the code{' and these packages' if chosen else ''}: "
+                        f"run `llamas image build{with_packages}`")
     return image
 
 
-def build_image(force: bool = False, log: Log = print) -> Image:
-    existing = current_image()
+def build_image(force: bool = False, log: Log = print, packages: tuple[str, ...] | None = None) -> Image:
+    """The image of this code with ``packages`` (default: the LLAMAS_GUEST_PACKAGES setting), built if
+    it is not in the cache."""
+    packages = guest_packages() if packages is None else packages
+    existing = current_image(packages)
     if existing and not force:
         log(f"image {existing.key} is up to date ({existing.directory})")
         return existing
     _require_root()
     recipe = load_recipe()
-    rootfs = _build_rootfs(recipe, force, log)
-    key = image_key()
+    rootfs = _build_rootfs(recipe, packages, force, log)
+    key = image_key(packages)
     final = images_dir() / key
     work = images_dir() / f"{key}.building"
     shutil.rmtree(work, ignore_errors=True)
@@ -148,26 +177,43 @@ def build_image(force: bool = False, log: Log = print) -> Image:
     _initrd(staging, work, recipe, release)
     log("image: making the disk")
     _disk(staging, work)
-    _write_manifest(work, staging, recipe, release, key)
+    _write_manifest(work, staging, recipe, release, key, packages)
     shutil.rmtree(staging)
     shutil.rmtree(final, ignore_errors=True)
     work.rename(final)
     log(f"image {key} built in {time.monotonic() - started:.0f} s: {final}")
-    _prune(key, rootfs)
+    _prune(key, rootfs, packages)
     return Image(final)
 
 
-def _prune(current: str, rootfs: Path) -> None:
-    """Older images, their saved VM states and older root file systems: a new build replaces them.
+def _prune(current: str, rootfs: Path, packages: tuple[str, ...] = ()) -> None:
+    """Older images of this package set, their saved VM states and older root file systems of the set:
+    a new build replaces them. Other package sets' images are theirs to replace.
 
     An image a VM still runs from is kept (its disk is a layer of the VM's overlay).
     """
     keep = {current} | _images_in_use()
-    stale = [path for path in images_dir().iterdir() if path.name not in keep]
-    stale += [path for path in (cache_dir() / "snapshots").glob("*") if path.name.split("-")[0] not in keep]
-    stale += [path for path in rootfs.parent.iterdir() if path != rootfs]
+    stale = [path for path in images_dir().iterdir()
+             if path.name not in keep and _image_packages(path) in (None, packages)]
+    images = {path.name for path in images_dir().iterdir()} - {path.name for path in stale}
+    stale += [path for path in (cache_dir() / "snapshots").glob("*") if path.name.split("-")[0] not in images]
+    stale += [path for path in rootfs.parent.iterdir() if path != rootfs and _flavour(path) == _flavour(rootfs)]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _image_packages(directory: Path) -> tuple[str, ...] | None:
+    """The extra packages a cached image was built with; None for a build that never finished."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return tuple(manifest.get("extra_packages", ()))  # older manifests: none
+
+
+def _flavour(rootfs: Path) -> str:
+    """The package-set part of a root file system's name (empty for the recipe's packages alone)."""
+    return rootfs.name.removesuffix(".building").partition("+")[2]
 
 
 def _images_in_use() -> set[str]:
@@ -181,17 +227,24 @@ def _require_root() -> None:
                         "run `sudo llamas image build`")
 
 
-def _build_rootfs(recipe: Recipe, force: bool, log: Log) -> Path:
+def rootfs_dir(packages: tuple[str, ...]) -> Path:
+    """Keyed by the recipe, and by the extra packages after a '+' (the recipe's alone keep the plain key)."""
     key = _hash_files([RECIPE_FILE])[:16]
-    rootfs = cache_dir() / "rootfs" / key
+    if packages:
+        key += "+" + hashlib.sha256(",".join(packages).encode()).hexdigest()[:8]
+    return cache_dir() / "rootfs" / key
+
+
+def _build_rootfs(recipe: Recipe, packages: tuple[str, ...], force: bool, log: Log) -> Path:
+    rootfs = rootfs_dir(packages)
     if rootfs.exists() and not force:
         return rootfs
-    partial = rootfs.with_name(f"{key}.building")
+    partial = rootfs.with_name(f"{rootfs.name}.building")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    log(f"image: debootstrap {recipe.suite} ({recipe.variant}, {len(recipe.packages)} packages); "
-        "about 1.5 minutes")
-    run(["debootstrap", f"--variant={recipe.variant}", f"--include={','.join(recipe.packages)}",
+    included = (*recipe.packages, *packages)
+    log(f"image: debootstrap {recipe.suite} ({recipe.variant}, {len(included)} packages); about 1.5 minutes")
+    run(["debootstrap", f"--variant={recipe.variant}", f"--include={','.join(included)}",
          recipe.suite, str(partial), recipe.mirror])
     shutil.rmtree(rootfs, ignore_errors=True)
     partial.rename(rootfs)
@@ -339,12 +392,14 @@ def _disk(root: Path, work: Path) -> None:
     raw.unlink()
 
 
-def _write_manifest(work: Path, root: Path, recipe: Recipe, release: str, key: str) -> None:
+def _write_manifest(work: Path, root: Path, recipe: Recipe, release: str, key: str,
+                    packages: tuple[str, ...]) -> None:
     manifest = {
         "key": key,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "suite": recipe.suite,
         "kernel": release,
+        "extra_packages": list(packages),
         "packages": installed_packages((root / "var/lib/dpkg/status").read_text()),
     }
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -226,6 +226,8 @@ def _wear_rows(summary: Summary) -> list[tuple[str, str, str]]:
 def _years(value: float | None) -> str:
     if value is None:
         return "nothing written"
+    if value >= 100:
+        return f"{value:,.0f} years"
     return f"{value:.3g} years" if value >= 1 else f"{value * 365.25 * 24:.3g} hours"
 
 
