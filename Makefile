@@ -22,8 +22,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The worked example (examples/numa-check) runs as another project would: its own pytest, the plugin alone.
 test: lint
 	$(BIN)/pytest
+	cd examples/numa-check && ../../$(BIN)/pytest
 
 demo: setup
 	$(BIN)/llamas demo
