@@ -136,9 +136,15 @@ def image_key(packages: tuple[str, ...] = ()) -> str:
     return hashlib.sha256(f"{_hash_files(inputs)} {flags} {','.join(packages)}".encode()).hexdigest()[:16]
 
 
+def planned_image(packages: tuple[str, ...] | None = None) -> Image:
+    """Where the image of this code with ``packages`` (default: the LLAMAS_GUEST_PACKAGES setting) is,
+    or will be once built."""
+    return Image(images_dir() / image_key(guest_packages() if packages is None else packages))
+
+
 def current_image(packages: tuple[str, ...] | None = None) -> Image | None:
-    """The built image of this code with ``packages`` (default: the LLAMAS_GUEST_PACKAGES setting)."""
-    image = Image(images_dir() / image_key(guest_packages() if packages is None else packages))
+    """The image of this code with ``packages``, if it is built."""
+    image = planned_image(packages)
     return image if (image.directory / "manifest.json").exists() else None
 
 
@@ -146,9 +152,8 @@ def require_image(packages: tuple[str, ...] | None = None) -> Image:
     chosen = guest_packages() if packages is None else packages
     image = current_image(chosen)
     if image is None:
-        with_packages = f" --packages {','.join(chosen)}" if chosen else ""
-        raise UserError(f"no guest image for this version of the code{' and these packages' if chosen else ''}: "
-                        f"run `llamas image build{with_packages}`")
+        packages_option = f" --packages {','.join(chosen)}" if chosen else ""
+        raise UserError(f"no guest image for this version of the code: run `llamas image build{packages_option}`")
     return image
 
 
@@ -316,7 +321,8 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
     start = (setup_sectors + 1) * 512 + payload_offset
     payload = bzimage[start:start + payload_length]
     if payload.startswith(b"\x28\xb5\x2f\xfd"):
-        return _zstd_decompress(payload)
+        # The kernel build appends the uncompressed size (4 bytes) after the zstd frame.
+        return _zstd_decompress(payload[:-4])
     if payload.startswith(b"\xfd7zXZ\x00"):
         return lzma.decompress(payload)
     if payload.startswith(b"\x1f\x8b"):
@@ -324,9 +330,8 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
     raise UserError(f"unsupported kernel compression (payload starts with {payload[:4].hex()})")
 
 
-def _zstd_decompress(payload: bytes) -> bytes:
-    # The kernel build appends the uncompressed size (4 bytes) after the zstd frame.
-    return run_bytes(["zstd", "-d", "-c", "-q"], input_bytes=payload[:-4])
+def _zstd_decompress(data: bytes) -> bytes:
+    return run_bytes(["zstd", "-d", "-c", "-q"], input_bytes=data)
 
 
 def _initrd(root: Path, work: Path, recipe: Recipe, release: str) -> None:
@@ -338,11 +343,8 @@ def _initrd(root: Path, work: Path, recipe: Recipe, release: str) -> None:
     module_dir = root / "lib/modules" / release
     order = module_load_order((module_dir / "modules.dep").read_text(), recipe.initrd_modules)
     for relative in order:
-        data = (module_dir / relative).read_bytes()
-        if relative.endswith(".xz"):
-            data = lzma.decompress(data)  # busybox insmod cannot read compressed modules
-        (tree / "modules" / _module_file(relative)).write_bytes(data)
-    (tree / "modules.order").write_text("".join(f"{_module_file(r)}\n" for r in order))
+        (tree / "modules" / module_file(relative)).write_bytes(module_bytes(module_dir / relative))
+    (tree / "modules.order").write_text("".join(f"{module_file(r)}\n" for r in order))
     files = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
     archive = run_bytes(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"], tree,
                         "\n".join([".", *files]).encode())
@@ -374,12 +376,30 @@ def module_load_order(modules_dep: str, wanted: Iterable[str]) -> list[str]:
     return order
 
 
+def module_names(modules_dep: str) -> set[str]:
+    """The modules a kernel has (not those built in), as modprobe names them."""
+    return {_module_name(line.partition(":")[0]) for line in modules_dep.splitlines() if line}
+
+
 def _module_name(path: str) -> str:
-    return _module_file(path).removesuffix(".ko").replace("-", "_")
+    return module_file(path).removesuffix(".ko").replace("-", "_")
 
 
-def _module_file(path: str) -> str:
+def module_file(path: str) -> str:
+    """A module's file name, uncompressed."""
     return Path(path).name.removesuffix(".xz").removesuffix(".zst").removesuffix(".gz")
+
+
+def module_bytes(path: Path) -> bytes:
+    """A module, decompressed: busybox insmod cannot read compressed modules."""
+    data = path.read_bytes()
+    if path.suffix == ".xz":
+        return lzma.decompress(data)
+    if path.suffix == ".gz":
+        return gzip.decompress(data)
+    if path.suffix == ".zst":
+        return _zstd_decompress(data)
+    return data
 
 
 def _disk(root: Path, work: Path) -> None:

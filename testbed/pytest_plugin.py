@@ -24,7 +24,7 @@ import itertools
 import os
 import re
 import shutil
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from testbed.machine import VmBackend
 
 MARKER = "llamas_systems"
+PathArg = str | os.PathLike[str]
 CONSOLE_TAIL_LINES = 20
 
 
@@ -52,6 +53,10 @@ class _Options:
     backend: VmBackend
     warm: bool
     extra_cmdline: str
+    kernel: str | None = None  # the user's kernel, initrd and modules tree, absolute (testbed/kernel.py)
+    initrd: str | None = None
+    modules: str | None = None
+    packages: tuple[str, ...] | None = None  # extra guest packages; None: the LLAMAS_GUEST_PACKAGES setting
 
 
 class SessionVms:
@@ -67,10 +72,14 @@ class SessionVms:
         return f"pytest-{Path(system).stem}-{os.getpid()}-{next(self._numbers)}"
 
     def start(self, name: str, options: _Options) -> VmHandle:
+        from testbed.image import require_image
+        from testbed.kernel import own_kernel
         from testbed.vms import up
 
+        kernel = own_kernel(options.kernel, options.initrd, options.modules)
         vm = up(options.system, name=name, backend=options.backend, accel=options.accel,
-                warm=options.warm, extra_cmdline=options.extra_cmdline, share=options.share, owned=True)
+                warm=options.warm, extra_cmdline=options.extra_cmdline, share=options.share, owned=True,
+                kernel=kernel, image=None if options.packages is None else require_image(options.packages))
         handle = VmHandle(vm)
         self.handles[name] = handle
         return handle
@@ -105,17 +114,24 @@ class LlamasVms:
         self._fresh: set[str] = set()
         self.failed = False
 
-    def __call__(self, system: str | None = None, *, share: str | os.PathLike[str] | None = None,
+    def __call__(self, system: str | None = None, *, share: PathArg | None = None,
                  accel: Accelerator | None = None, backend: VmBackend | None = None, warm: bool = True,
-                 extra_cmdline: str = "", fresh: bool = False) -> VmHandle:
+                 extra_cmdline: str = "", fresh: bool = False, kernel: PathArg | None = None,
+                 initrd: PathArg | None = None, modules: PathArg | None = None,
+                 packages: Sequence[str] | None = None) -> VmHandle:
         """A VM of ``system`` (a name from the catalog or a path; under ``@pytest.mark.llamas_systems``,
         leave it out to get this run's). ``share``: a host directory (relative to where pytest was
-        started) the guest sees at /mnt/host. ``fresh``: a VM of this test's own, not shared."""
+        started) the guest sees at /mnt/host. ``kernel``, ``initrd``, ``modules``: your own kernel, as
+        ``llamas up --kernel`` takes them (paths relative to there too). ``packages``: extra Debian
+        packages in the image (built beforehand: ``llamas image build --packages``). ``fresh``: a VM of
+        this test's own, not shared."""
+        from testbed.image import guest_packages
         from testbed.machine import VmBackend
 
         chosen = self._system(system)
-        shared_dir = str((self._base / share).resolve()) if share is not None else None
-        options = _Options(chosen, shared_dir, accel, backend or VmBackend.QEMU, warm, extra_cmdline)
+        chosen_packages = None if packages is None else guest_packages(packages, "llamas_vm(packages=...)")
+        options = _Options(chosen, self._absolute(share), accel, backend or VmBackend.QEMU, warm, extra_cmdline,
+                           self._absolute(kernel), self._absolute(initrd), self._absolute(modules), chosen_packages)
         name = None if fresh else self._session.shared.get(options)
         if name is not None and self._session.handles[name].alive():
             self.names.append(name)
@@ -130,6 +146,9 @@ class LlamasVms:
         if not fresh:
             self._session.shared[options] = name
         return handle
+
+    def _absolute(self, path: PathArg | None) -> str | None:
+        return str((self._base / path).resolve()) if path is not None else None
 
     def _system(self, system: str | None) -> str:
         if system is None:

@@ -38,6 +38,11 @@ class VmFiles:
         return self.directory / "console.log"
 
     @property
+    def initrd(self) -> Path:
+        """The initrd made for the user's kernel (testbed/kernel.py)."""
+        return self.directory / "initrd.img"
+
+    @property
     def qmp(self) -> Path:
         return self.directory / "qmp.sock"
 

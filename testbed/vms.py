@@ -27,6 +27,7 @@ from testbed.bringup import bringup_script
 from testbed.catalog import Catalog, default_catalog
 from testbed.errors import UserError
 from testbed.image import Image, require_image
+from testbed.kernel import OwnKernel, copy_modules
 from testbed.machine import Machine, VmBackend, make_machine
 from testbed.model import Emulation, System
 from testbed.paths import cache_dir, state_dir
@@ -74,7 +75,12 @@ class VmRecord:
     boot: BootKind
     boot_seconds: float
     cmdline: str
-    share: str = ""  # the host directory mounted at GUEST_MOUNT; last, with a default: older records lack it
+    # Defaults from here on: older records lack these.
+    share: str = ""  # the host directory mounted at GUEST_MOUNT
+    kernel: str = ""  # the user's kernel (testbed/kernel.py); empty: the image's, with its initrd
+    initrd: str = ""
+    modules: str = ""  # the lib/modules/<release> tree copied into the guest
+    kernel_key: str = ""  # the content of those three, for the saved states
 
     def write(self, directory: Path) -> None:
         (directory / "vm.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -112,7 +118,9 @@ class Vm:
         return self.machine.alive()
 
     def config(self, incoming: Path | None = None) -> VmConfig:
-        boot = GuestBoot(self.image.kernel, self.image.initrd, self.record.cmdline)
+        record = self.record
+        boot = GuestBoot(Path(record.kernel) if record.kernel else self.image.kernel,
+                         Path(record.initrd) if record.initrd else self.image.initrd, record.cmdline)
         share = Path(self.record.share) if self.record.share else None
         return VmConfig(self.system, self.record.accel, self.files, boot, self.record.ssh_port, incoming, share)
 
@@ -154,11 +162,12 @@ class Vm:
 def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = None,
        backend: VmBackend = VmBackend.QEMU, accel: Accelerator | None = None, warm: bool = True,
        extra_cmdline: str = "", image: Image | None = None, log: Log = print, owned: bool = False,
-       share: str | Path | None = None) -> Vm:
+       share: str | Path | None = None, kernel: OwnKernel | None = None) -> Vm:
     """Start a VM for a system (a name in ``catalog``, or a path) and return it ready: SSH works and
     every device is a NUMA node.
 
     ``share``: a host directory the guest sees, read-write, at ``/mnt/host`` (testbed/share.py).
+    ``kernel``: the user's kernel to boot instead of the image's (testbed/kernel.py).
 
     ``image`` defaults to the one built from the current code; an experiment passes the one it
     started with, so that its runs stay comparable whatever changes meanwhile. ``owned``: the VM dies
@@ -173,7 +182,7 @@ def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = No
     image = image or require_image()
     chosen = choose_accel(accel)
     log(f"accelerator: {chosen.name} ({chosen.reason})")
-    name = name or _free_name(system.name)
+    name = name or free_name(system.name)
     directory = _claim(name)
     record = VmRecord(name=name, system=str(catalog.system_path(system_ref).resolve()),
                       catalog=str(catalog.root.resolve()), backend=backend, accel=chosen.name,
@@ -184,7 +193,12 @@ def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = No
     (directory / "known_hosts").write_text(known_hosts_line(record.ssh_port, image.host_key))
     record.write(directory)
     try:
-        _start(vm, warm, log, owned)
+        if kernel is not None:
+            _update(vm, kernel=str(kernel.kernel), initrd=str(kernel.initrd_for(image, vm.files)),
+                    modules=str(kernel.modules or ""), kernel_key=kernel.key)
+        if warm and not restorable(system):
+            log(f"{vm.name}: boots cold: a CXL type-3 device does not survive a saved state")
+        _start(vm, warm and restorable(system), log, owned)
         if shared is not None:
             vm.shell().run(mount_script())
             log(f"{vm.name}: {shared} is at {GUEST_MOUNT}")
@@ -223,6 +237,14 @@ def _gib(size: int, rounding: Callable[[float], int]) -> str:
     return f"{rounding(size / 2**30 * 10) / 10:g}GiB"
 
 
+def restorable(system: System) -> bool:
+    """Whether a saved state of the machine restores intact. QEMU 10 does not bring a CXL type-3 device
+    back whole: after a restore the guest's own memory on it reads back corrupt (measured: the next module
+    load oopses in the slab allocator, on the image's kernel too; a cold boot, dram-cxl, three-tier and
+    dram-pmem restored are fine), so such a machine always boots cold."""
+    return not any(node.device.emulation is Emulation.CXL_TYPE3 for node in system.nodes)
+
+
 def booter(system: System, catalog: Catalog, image: Image | None = None, log: Log = print) -> Callable[[str], Vm]:
     """A factory of ready VMs of ``system``, each named by its caller (one per policy run)."""
     def boot(name: str) -> Vm:
@@ -256,6 +278,8 @@ def _cold_boot(vm: Vm, log: Log, owned: bool) -> None:
     machine.start()
     _update(vm, handle=machine.handle)
     _wait_ready(vm, machine, BOOT_TIMEOUT[vm.record.accel])
+    if vm.record.modules:  # before the bring-up, which loads drivers from them
+        copy_modules(vm.shell(), Path(vm.record.modules))
     script = bringup_script(vm.system)
     if script:
         vm.shell().run(script, timeout=120)
@@ -343,7 +367,7 @@ class Snapshot:
 
 def snapshot_key(vm: Vm) -> str:
     """Everything a saved state depends on: image, machine, kernel arguments, bring-up, backend, QEMU,
-    and whether there is a share (its device, not its directory: testbed/share.py).
+    whether there is a share (its device, not its directory: testbed/share.py), and the user's kernel.
 
     libvirt restores only into a domain with the saved UUID, and two domains may not share
     one, so there a saved state belongs to one VM name.
@@ -355,6 +379,8 @@ def snapshot_key(vm: Vm) -> str:
                 "bringup": bringup_script(vm.system), "qemu": run([QEMU_BINARY, "--version"]).splitlines()[0]}
     if vm.record.share:  # only then, so that the states saved before shares existed keep their keys
         identity["share"] = share_args(PLACEHOLDER)
+    if vm.record.kernel_key:  # likewise
+        identity["kernel"] = vm.record.kernel_key
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -382,7 +408,8 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _free_name(base: str) -> str:
+def free_name(base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``...: the first no VM has."""
     taken = {path.name for path in vms_dir().glob("*")} if vms_dir().exists() else set()
     name, counter = base, 2
     while name in taken:

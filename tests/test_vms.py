@@ -19,7 +19,16 @@ from testbed.errors import UserError
 from testbed.image import Image
 from testbed.machine import QemuMachine, VmBackend
 from testbed.render_qemu import VmConfig, VmFiles, guest_memory, qemu_argv
-from testbed.vms import BootFailed, BootKind, Vm, VmRecord, _wait_ready, check_host_memory, host_available_memory
+from testbed.vms import (
+    BootFailed,
+    BootKind,
+    Vm,
+    VmRecord,
+    _wait_ready,
+    check_host_memory,
+    host_available_memory,
+    restorable,
+)
 
 GIB = 2**30
 
@@ -133,3 +142,9 @@ def test_a_runs_vm_process_dies_with_the_run_even_when_the_run_is_killed(tied: b
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
+
+
+def test_only_a_machine_with_a_cxl_type3_device_boots_cold_every_time() -> None:
+    catalog = default_catalog()
+    assert not restorable(catalog.load_system("cxl-type3"))
+    assert all(restorable(catalog.load_system(name)) for name in ("dram-cxl", "three-tier", "dram-pmem"))

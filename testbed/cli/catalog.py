@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from testbed.accel import Accelerator
 from testbed.machine import VmBackend
 
-PREVIEW_DIR = Path("VM_DIR")
+if TYPE_CHECKING:
+    from testbed.kernel import OwnKernel
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,6 +23,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     render.add_argument("system", help="a name from devices/systems/ or a path to a system YAML")
     render.add_argument("--backend", type=VmBackend, choices=list(VmBackend), default=VmBackend.QEMU)
     render.add_argument("--accel", type=Accelerator, choices=list(Accelerator), default=Accelerator.TCG)
+    render.add_argument("--kernel", metavar="PATH", help="as `llamas up --kernel` would boot it")
+    render.add_argument("--initrd", metavar="PATH")
+    render.add_argument("--modules", metavar="DIR")
     render.set_defaults(handler=render_command)
 
 
@@ -50,22 +54,21 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def render_command(args: argparse.Namespace) -> int:
-    print(render(args.system, args.backend, args.accel))
+    from testbed.kernel import own_kernel
+
+    print(render(args.system, args.backend, args.accel, own_kernel(args.kernel, args.initrd, args.modules)))
     return 0
 
 
-def render(system_name: str, backend: VmBackend, accel: Accelerator) -> str:
-    """A preview with placeholder paths: what `llamas up` runs, one option per line."""
-    from testbed.catalog import default_catalog
-    from testbed.render_libvirt import domain_xml
-    from testbed.render_qemu import GuestBoot, VmConfig, VmFiles, qemu_argv
+def render(system_name: str, backend: VmBackend, accel: Accelerator, kernel: OwnKernel | None = None) -> str:
+    """What `llamas up` would start now, with its real paths (testbed/preview.py): the libvirt domain,
+    or the QEMU command line one option per line."""
+    from testbed.preview import planned_domain, planned_vm
+    from testbed.render_qemu import qemu_argv
 
-    system = default_catalog().load_system(system_name)
-    boot = GuestBoot(PREVIEW_DIR / "vmlinux", PREVIEW_DIR / "initrd.img", "KERNEL_CMDLINE")
-    vm = VmConfig(system, accel, VmFiles(PREVIEW_DIR), boot=boot, ssh_port=2222)
     if backend == VmBackend.LIBVIRT:
-        return domain_xml(vm, f"llamas-{system.name}").rstrip()
-    argv = qemu_argv(vm)
+        return planned_domain(system_name, accel, kernel).rstrip()
+    argv = qemu_argv(planned_vm(system_name, accel, kernel)[1])
     lines = [argv[0]]
     index = 1
     while index < len(argv):

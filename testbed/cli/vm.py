@@ -17,8 +17,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
     build = image_commands.add_parser("build", help="build the guest image (cached; needs root)")
     build.add_argument("--force", action="store_true", help="rebuild even if the cached image is current")
+    _packages_option(build)
     build.set_defaults(handler=image_build)
-    image_commands.add_parser("info", help="where the image is and what is in it").set_defaults(handler=image_info)
+    info = image_commands.add_parser("info", help="where the image is and what is in it")
+    _packages_option(info)
+    info.set_defaults(handler=image_info)
 
     start = commands.add_parser("up", help="start a VM for a system and bring its devices up")
     start.add_argument("system", help="a name from devices/systems/ or a path to a system YAML")
@@ -28,6 +31,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                        help="default: KVM where it works, else TCG")
     start.add_argument("--cold", action="store_true", help="boot from scratch; do not use or save a warm state")
     start.add_argument("--share", metavar="DIR", help="a host directory the guest sees, read-write, at /mnt/host")
+    start.add_argument("--kernel", metavar="PATH", help="boot this kernel (a bzImage, or a vmlinux with a PVH "
+                                                         "entry) instead of the image's")
+    start.add_argument("--initrd", metavar="PATH", help="with --kernel: its initrd (default: the image's, "
+                                                         "loading the kernel's modules from --modules)")
+    start.add_argument("--modules", metavar="DIR", help="with --kernel: its lib/modules/<release> tree "
+                                                         "(make modules_install), copied into the guest")
+    _packages_option(start)
     start.set_defaults(handler=up_command)
 
     commands.add_parser("ls", help="list VMs, including stale ones").set_defaults(handler=ls_command)
@@ -47,33 +57,51 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     down.set_defaults(handler=down_command)
 
 
+def _packages_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--packages", metavar="A,B", help="extra Debian packages in the guest image, comma-separated "
+                                                          "(default: the LLAMAS_GUEST_PACKAGES setting)")
+
+
+def _packages(args: argparse.Namespace) -> tuple[str, ...]:
+    from testbed.image import guest_packages
+
+    return guest_packages(None if args.packages is None else args.packages.split(","), "--packages")
+
+
 def image_build(args: argparse.Namespace) -> int:
     from testbed.image import build_image
 
-    build_image(force=args.force)
+    build_image(force=args.force, packages=_packages(args))
     return 0
 
 
 def image_info(args: argparse.Namespace) -> int:
-    from testbed.image import current_image, image_key, images_dir
+    from testbed.image import current_image, planned_image
 
-    image = current_image()
+    packages = _packages(args)
+    image = current_image(packages)
     if image is None:
-        print(f"no image built for this code (key {image_key()}; would be in {images_dir()}); "
+        planned = planned_image(packages)
+        print(f"no image built for this code (key {planned.key}; would be in {planned.directory.parent}); "
               "run `llamas image build`")
         return 1
     manifest = image.manifest()
     size = sum(p.stat().st_size for p in image.directory.iterdir()) / 2**20
+    extra = ", ".join(manifest.get("extra_packages", [])) or "none"
     print(f"image {image.key}: {image.directory}\n  built {manifest['built']}, {size:.0f} MiB\n"
-          f"  Debian {manifest['suite']}, kernel {manifest['kernel']}, {len(manifest['packages'])} packages")
+          f"  Debian {manifest['suite']}, kernel {manifest['kernel']}, {len(manifest['packages'])} packages "
+          f"(extra: {extra})")
     return 0
 
 
 def up_command(args: argparse.Namespace) -> int:
+    from testbed.image import require_image
+    from testbed.kernel import own_kernel
     from testbed.vms import up
 
+    kernel = own_kernel(args.kernel, args.initrd, args.modules)
     vm = up(args.system, name=args.name, backend=args.backend, accel=args.accel, warm=not args.cold,
-            share=args.share)
+            share=args.share, kernel=kernel, image=require_image(_packages(args)))
     vm.close()
     print(f"{vm.name} is up: llamas ssh {vm.name}; llamas verify {vm.name}; llamas down {vm.name}")
     return 0
