@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,3 +60,24 @@ def test_the_quick_commands_do_not_load_the_heavy_libraries(command: list[str], 
                           timeout=60, check=True, env={**os.environ, "LLAMAS_STATE": str(tmp_path)})
     assert done.stdout.splitlines()[-1] == ""
     assert done.stderr == ""
+
+
+def test_every_data_command_prints_json_a_script_can_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LLAMAS_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("LLAMAS_CACHE", str(tmp_path / "cache"))
+
+    def as_json(*command: str, status: int = 0) -> Any:
+        assert main([*command, "--json"]) == status
+        return json.loads(capsys.readouterr().out)
+
+    devices = {device["name"]: device for device in as_json("devices")}
+    assert devices["optane-pmem"]["endurance_writes"] == 2.3e6 and devices["rat"]["latency_model"]["hot_rate"] == 200
+    assert "dram-cxl" in {system["name"] for system in as_json("systems")}
+    shown = as_json("show", "dram-cxl")
+    assert [node["device"]["name"] for node in shown["system"]["nodes"]] == ["ddr5-local", "cxl-expander"]
+    assert (shown["hmat"][1]["target"], shown["hmat"][1]["read_latency_ns"]) == (1, 250)
+    assert shown["memory_tiers"] == {"0": 4, "1": 40}
+    assert as_json("ls") == []  # no VMs in this state directory
+    assert as_json("image", "info", status=1)["built"] is False  # an empty cache: nothing built, exit 1
+    assert set(as_json("llm", "status")) == {"qwen1.5b", "smollm2"}

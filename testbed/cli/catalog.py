@@ -7,6 +7,7 @@ import shlex
 from typing import TYPE_CHECKING
 
 from testbed.accel import Accelerator
+from testbed.cli.output import json_option, print_json
 from testbed.machine import VmBackend
 
 if TYPE_CHECKING:
@@ -14,10 +15,15 @@ if TYPE_CHECKING:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    commands.add_parser("devices", help="list the device catalog").set_defaults(handler=devices)
-    commands.add_parser("systems", help="list the machines").set_defaults(handler=systems)
+    listing = commands.add_parser("devices", help="list the device catalog")
+    json_option(listing)
+    listing.set_defaults(handler=devices)
+    machines = commands.add_parser("systems", help="list the machines")
+    json_option(machines)
+    machines.set_defaults(handler=systems)
     show = commands.add_parser("show", help="one machine: nodes, tiers, distances, HMAT")
     show.add_argument("system", help="a name from devices/systems/ or a path to a system YAML")
+    json_option(show)
     show.set_defaults(handler=show_command)
     render = commands.add_parser("render", help="the QEMU command line or libvirt XML for a machine")
     render.add_argument("system", help="a name from devices/systems/ or a path to a system YAML")
@@ -33,7 +39,11 @@ def devices(args: argparse.Namespace) -> int:
     from testbed.catalog import default_catalog
     from testbed.describe import devices_table
 
-    print(devices_table(default_catalog().devices().values()))
+    found = list(default_catalog().devices().values())
+    if args.json:
+        print_json(found)
+    else:
+        print(devices_table(found))
     return 0
 
 
@@ -41,15 +51,25 @@ def systems(args: argparse.Namespace) -> int:
     from testbed.catalog import default_catalog
     from testbed.describe import systems_table
 
-    print(systems_table(default_catalog().systems()))
+    found = default_catalog().systems()
+    if args.json:
+        print_json(found)
+    else:
+        print(systems_table(found))
     return 0
 
 
 def show_command(args: argparse.Namespace) -> int:
     from testbed.catalog import default_catalog
     from testbed.describe import show_system
+    from testbed.hmat import expected_tier, hmat_entries
 
-    print(show_system(default_catalog().load_system(args.system)))
+    system = default_catalog().load_system(args.system)
+    if args.json:  # the machine, and what the guest will be told: HMAT entries and the tiers they make
+        print_json({"system": system, "hmat": hmat_entries(system),
+                    "memory_tiers": {node.id: expected_tier(system, node) for node in system.nodes}})
+    else:
+        print(show_system(system))
     return 0
 
 

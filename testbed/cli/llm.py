@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from testbed.cli.output import json_option, print_json
 from testbed.llm_server import (
     DEFAULT_MODEL,
     DEFAULT_PORT,
@@ -33,6 +34,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     serve.set_defaults(handler=serve_command)
     status = actions.add_parser("status", help="which models are fetched and which servers run")
+    json_option(status)
     status.set_defaults(handler=status_command)
     stop = actions.add_parser("stop", help="stop a background server")
     _model_option(stop)
@@ -62,6 +64,10 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def status_command(args: argparse.Namespace) -> int:
+    if args.json:
+        print_json({name: {"fetched": is_fetched(spec), "server": server_status(name)}
+                    for name, spec in MODELS.items()})
+        return 0
     for name, spec in MODELS.items():
         weights = "fetched" if is_fetched(spec) else "not fetched (llamas llm fetch)"
         state = server_status(name)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import asdict
 
 from testbed.accel import Accelerator
+from testbed.cli.output import json_option, print_json
 from testbed.errors import UserError
 from testbed.machine import VmBackend
 from testbed.table import render_table
@@ -21,6 +23,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     build.set_defaults(handler=image_build)
     info = image_commands.add_parser("info", help="where the image is and what is in it")
     _packages_option(info)
+    json_option(info)
     info.set_defaults(handler=image_info)
 
     start = commands.add_parser("up", help="start a VM for a system and bring its devices up")
@@ -40,7 +43,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _packages_option(start)
     start.set_defaults(handler=up_command)
 
-    commands.add_parser("ls", help="list VMs, including stale ones").set_defaults(handler=ls_command)
+    listing = commands.add_parser("ls", help="list VMs, including stale ones")
+    json_option(listing)
+    listing.set_defaults(handler=ls_command)
 
     shell = commands.add_parser("ssh", help="a shell or a command in a VM")
     shell.add_argument("name")
@@ -49,6 +54,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     verify = commands.add_parser("verify", help="check the guest sees the machine its YAML describes")
     verify.add_argument("name")
+    json_option(verify)
     verify.set_defaults(handler=verify_command)
 
     down = commands.add_parser("down", help="stop VMs and remove their files")
@@ -82,11 +88,18 @@ def image_info(args: argparse.Namespace) -> int:
     image = current_image(packages)
     if image is None:
         planned = planned_image(packages)
-        print(f"no image built for this code (key {planned.key}; would be in {planned.directory.parent}); "
-              "run `llamas image build`")
+        if args.json:
+            print_json({"built": False, "key": planned.key, "directory": planned.directory})
+        else:
+            print(f"no image built for this code (key {planned.key}; would be in {planned.directory.parent}); "
+                  "run `llamas image build`")
         return 1
     manifest = image.manifest()
     size = sum(p.stat().st_size for p in image.directory.iterdir()) / 2**20
+    if args.json:
+        print_json({"built": True, "key": image.key, "directory": image.directory, "bytes": round(size * 2**20),
+                    "manifest": manifest})
+        return 0
     extra = ", ".join(manifest.get("extra_packages", [])) or "none"
     print(f"image {image.key}: {image.directory}\n  built {manifest['built']}, {size:.0f} MiB\n"
           f"  Debian {manifest['suite']}, kernel {manifest['kernel']}, {len(manifest['packages'])} packages "
@@ -111,6 +124,10 @@ def ls_command(args: argparse.Namespace) -> int:
     from testbed.vms import all_vms
 
     rows = []
+    if args.json:
+        print_json([{**asdict(vm.record), "system": vm.system.name, "alive": vm.machine.alive()}
+                    for vm in all_vms()])
+        return 0
     for vm in all_vms():
         state = "running" if vm.machine.alive() else "stale"
         age = time.time() - vm.record.started
@@ -140,8 +157,11 @@ def verify_command(args: argparse.Namespace) -> int:
 
     vm = load_vm(args.name)
     report = verify_vm(vm)
-    print(report.table())
-    print(f"\n{report.passed} of {len(report.checks)} checks pass")
+    if args.json:
+        print_json({"ok": report.ok, "checks": report.checks})
+    else:
+        print(report.table())
+        print(f"\n{report.passed} of {len(report.checks)} checks pass")
     return 0 if report.ok else 1
 
 
