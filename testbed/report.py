@@ -228,7 +228,10 @@ def _years(value: float | None) -> str:
         return "nothing written"
     if value >= 100:
         return f"{value:,.0f} years"
-    return f"{value:.3g} years" if value >= 1 else f"{value * 365.25 * 24:.3g} hours"
+    days = value * 365.25
+    if value >= 1:
+        return f"{value:.3g} years"
+    return f"{days:.3g} days" if days >= 2 else f"{days * 24:.3g} hours"
 
 
 def _usage_rows(summary: Summary) -> list[tuple[str, str, str]]:

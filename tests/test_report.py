@@ -27,6 +27,7 @@ from test_render import check_golden
 from testbed import report
 from testbed.cli import main
 from testbed.errors import ConfigError
+from testbed.report import _years as report_years
 from testbed.report import result_table, write_results
 from testbed.rundir import RunDirError, read_manifest
 from testbed.summary import solve_bounds
@@ -293,3 +294,10 @@ def test_the_wear_a_policy_puts_on_persistent_memory_is_reported_beside_its_time
     plain = write_results(experiment(tmp_path / "cxl"), with_plots=False)  # no device wears out there
     assert plain.policies["first-touch"].metrics.worn_bytes is None
     assert "## Wear" not in (tmp_path / "cxl" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("years", "text"), [(12228.4, "12,228 years"), (1.434, "1.43 years"),
+                                             (88 / 365.25, "88 days"), (0.5 / 365.25, "12 hours"),
+                                             (None, "nothing written")])
+def test_a_wear_life_is_written_in_the_unit_that_reads(years: float | None, text: str) -> None:
+    assert report_years(years) == text
