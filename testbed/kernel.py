@@ -70,7 +70,7 @@ class OwnKernel:
     def initrd_for(self, image: Image, files: VmFiles) -> Path:
         """The initrd to boot: the user's, or the image's made to load this kernel's modules."""
         if self.initrd is not None:
-            return self.initrd
+            return self.booted_initrd(files)
         archived: dict[str, bytes] = {}
         if self.modules is not None:
             dep = (self.modules / "modules.dep").read_text()
@@ -80,7 +80,7 @@ class OwnKernel:
                 archived[f"modules/{module_file(relative)}"] = module_bytes(self.modules / relative)
         archived["modules.order"] = "".join(f"{Path(name).name}\n" for name in archived).encode()
         files.initrd.write_bytes(image.initrd.read_bytes() + newc_archive(archived))
-        return files.initrd
+        return self.booted_initrd(files)
 
 
 def own_kernel(kernel: PathArg | None, initrd: PathArg | None = None,

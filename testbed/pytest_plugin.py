@@ -36,10 +36,10 @@ from testbed.handle import VmHandle
 
 if TYPE_CHECKING:
     from testbed.accel import Accelerator
+    from testbed.kernel import PathArg
     from testbed.machine import VmBackend
 
 MARKER = "llamas_systems"
-PathArg = str | os.PathLike[str]
 CONSOLE_TAIL_LINES = 20
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 import shutil
 import socket
 import time
@@ -26,13 +24,14 @@ from testbed.accel import Accelerator, choose_accel
 from testbed.bringup import bringup_script
 from testbed.catalog import Catalog, default_catalog
 from testbed.errors import UserError
+from testbed.hostmem import check_host_memory
 from testbed.image import Image, require_image
 from testbed.kernel import OwnKernel, copy_modules
 from testbed.machine import Machine, VmBackend, make_machine
 from testbed.model import Emulation, System
 from testbed.paths import cache_dir, state_dir
 from testbed.proc import run
-from testbed.render_qemu import QEMU_BINARY, GuestBoot, VmConfig, VmFiles, guest_memory, machine_args
+from testbed.render_qemu import QEMU_BINARY, GuestBoot, VmConfig, VmFiles, machine_args
 from testbed.share import GUEST_MOUNT, PLACEHOLDER, host_directory, mount_script, share_args
 
 if TYPE_CHECKING:  # SSH (paramiko) is loaded on first connection: `llamas ls` reads records, not guests
@@ -47,7 +46,6 @@ READY_MARKER = "LLAMAS_READY"
 GUEST_DAEMON = "guestd"  # installed by the image; speaks guest/PROTOCOL.md on stdin/stdout
 BOOT_TIMEOUT = {Accelerator.KVM: 60.0, Accelerator.TCG: 180.0}
 RESTORE_TIMEOUT = 60.0
-MEMINFO = Path("/proc/meminfo")
 Log = Callable[[str], None]
 
 
@@ -198,7 +196,8 @@ def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = No
                     modules=str(kernel.modules or ""), kernel_key=kernel.key)
         if warm and not restorable(system):
             log(f"{vm.name}: boots cold: a CXL type-3 device does not survive a saved state")
-        _start(vm, warm and restorable(system), log, owned)
+            warm = False
+        _start(vm, warm, log, owned)
         if shared is not None:
             vm.shell().run(mount_script())
             log(f"{vm.name}: {shared} is at {GUEST_MOUNT}")
@@ -210,31 +209,6 @@ def up(system_ref: str, *, catalog: Catalog | None = None, name: str | None = No
     except BaseException:
         vm.down()
         raise
-
-
-def check_host_memory(system: System, meminfo: Path = MEMINFO) -> None:
-    """Refuse a guest whose memory the host cannot give: QEMU would fail to allocate it, or the
-    host would swap or kill something, and the VM would stop during boot without a word."""
-    needed = guest_memory(system)
-    available = host_available_memory(meminfo)
-    if available is not None and needed > available:
-        raise UserError(f"{system.name}: the guest needs {_gib(needed, math.ceil)} of memory, this host has "
-                        f"{_gib(available, math.floor)} available (MemAvailable in {meminfo})")
-
-
-def host_available_memory(meminfo: Path = MEMINFO) -> int | None:
-    """MemAvailable in bytes: what the host can give without swapping; None where it does not say."""
-    try:
-        text = meminfo.read_text()
-    except OSError:
-        return None
-    found = re.search(r"^MemAvailable:\s+(\d+) kB$", text, re.MULTILINE)
-    return int(found[1]) * 1024 if found else None
-
-
-def _gib(size: int, rounding: Callable[[float], int]) -> str:
-    """``size`` in GiB to one decimal, rounded so that a shortfall still shows (needed up, available down)."""
-    return f"{rounding(size / 2**30 * 10) / 10:g}GiB"
 
 
 def restorable(system: System) -> bool:

@@ -16,6 +16,7 @@ import pytest
 from testbed.accel import Accelerator
 from testbed.catalog import Catalog, default_catalog
 from testbed.errors import UserError
+from testbed.hostmem import check_host_memory, host_available_memory
 from testbed.image import Image
 from testbed.machine import QemuMachine, VmBackend
 from testbed.render_qemu import VmConfig, VmFiles, guest_memory, qemu_argv
@@ -25,8 +26,6 @@ from testbed.vms import (
     Vm,
     VmRecord,
     _wait_ready,
-    check_host_memory,
-    host_available_memory,
     restorable,
 )
 
