@@ -3,10 +3,17 @@
 DAMON samples one page of each region every ``damon_sample_s`` and reports the
 share of samples that found it accessed. For accesses arriving at random at λ
 per page per second that share is 1 - exp(-λ·sample), so λ = -ln(1 - share) /
-sample (a saturated share says only "at least this often"). Writes are the
-``written_fraction`` share of those accesses, and at least the rate that
-explains that share of pages being written at all in the interval, so a region
-DAMON barely sees still shows its writes. Reads are the rest. A region's cost on
+sample (a saturated share says only "at least this often"). Soft-dirty says
+which share of a region's pages were written at least once in the interval;
+by the same reasoning writes arrive at -ln(1 - share) / interval per page. That
+is the estimate wherever the share says something. A region with nearly every
+page written says only "at least this often", and its writes could be any part
+of its accesses: there they are taken as that share of the accesses, the side
+that spares a medium that wears or writes slowly. (Taking every region's writes
+as its written share of its accesses would call a read-mostly index whose pages
+are each written now and then a write-hot region.) Where DAMON barely sees a
+region, the written share still shows its writes; reads are the rest of the
+accesses. A region's cost on
 a node, in nanoseconds of memory time per second, is
 
     pages × (reads × read latency + writes × write latency × (1 + wear penalty if the medium wears))
@@ -98,11 +105,12 @@ class CostModel:
         # ln(1 / (1 - share)) rather than -ln(1 - share): no negative zeros.
         saturation = np.float32(self.saturation)
         accesses = np.log(1 / (1 - np.minimum(table.access_rate, saturation))) / self.damon_sample_s
-        written = table.written
-        if np.isnan(written).any():
-            written = np.where(np.isnan(written), np.float32(self.unmeasured_written_fraction), written)
-        written = np.clip(written, 0, 1)
-        writes = np.maximum(accesses * written, np.log(1 / (1 - np.minimum(written, saturation))) / self.interval_s)
+        unmeasured = np.isnan(table.written)
+        written = np.clip(np.where(unmeasured, np.float32(0), table.written), 0, 1)
+        estimated = np.log(1 / (1 - np.minimum(written, saturation))) / self.interval_s
+        writes = np.where(written >= saturation, np.maximum(accesses * written, estimated), estimated)
+        if unmeasured.any():
+            writes = np.where(unmeasured, accesses * np.float32(self.unmeasured_written_fraction), writes)
         return np.maximum(accesses - writes, 0).astype(np.float64), writes.astype(np.float64)
 
     def costs(self, sizes: Array, reads: Array, writes: Array, node_ids: Sequence[int]) -> Array:

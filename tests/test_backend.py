@@ -72,7 +72,7 @@ FULL = HEADROOM / MIB  # a node with this much free memory takes nothing more
 
 def test_read_mostly_hot_data_goes_to_read_optimised_memory_and_write_hot_data_to_dram() -> None:
     catalog = region(0, 64, node=0, rate=0.9, written=0.0)  # read on every request, never written
-    counters = region(1, 64, node=1, rate=0.9, written=0.8)
+    counters = region(1, 64, node=1, rate=0.9, written=1.0)  # every page written in every interval
     regions = [catalog, counters]
     moves = decide(backend(DRAM, READOPT), observe(regions, [FULL, 500]))
     assert moved(moves, regions) == {catalog.id: 1, counters.id: 0}
@@ -106,7 +106,7 @@ def test_write_heavy_data_leaves_pmem_and_read_mostly_data_makes_room_for_it() -
 
 
 def test_wear_makes_writes_to_pmem_dearer() -> None:
-    written = region(0, 64, node=1, rate=0.5, written=0.9)
+    written = region(0, 64, node=1, rate=0.5, written=1.0)
     table = RegionTable.from_regions([written], [0, 1])
     worn, spared = (policy.cost_model.costs(table.sizes, *policy.cost_model.rates(table), [1])
                     for policy in (backend(DRAM, PMEM, wear_penalty=penalty) for penalty in (1.0, 0.0)))
@@ -131,7 +131,7 @@ def test_the_budget_goes_to_the_best_gain_per_byte() -> None:
 
 def test_a_displacement_counts_against_the_budget_and_a_large_region_moves_in_parts() -> None:
     catalog = region(0, 64, node=0, rate=0.9, written=0.0)
-    counters = region(1, 64, node=1, rate=0.9, written=0.8)
+    counters = region(1, 64, node=1, rate=0.9, written=1.0)
     moves = decide(backend(DRAM, READOPT, budget=100 * MIB), observe([catalog, counters], [FULL, 500]))
     assert [(m.start, m.size, m.node) for m in moves] == [(catalog.start, 50 * MIB, 1), (counters.start, 50 * MIB, 0)]
 
@@ -193,8 +193,8 @@ def test_a_move_that_does_not_pay_for_the_room_it_needs_does_not_stop_better_one
     # One hot page gains more per byte than anything, but less than it costs to move out the least a
     # displacement moves (a huge page of the table): it is skipped, and the counters still come in.
     page = RegionView(0, 2**30, 2**30 + 4096, rate_for(200), 5, 1.0, {1: 4096})
-    table = region(1, 256, node=0, rate=0.01, written=0.1)
-    counters = region(2, 64, node=1, rate=0.5, written=0.3)
+    table = region(1, 256, node=0, rate=0.01, written=0.33)
+    counters = region(2, 64, node=1, rate=rate_for(42), written=1.0)  # all 42 uses a second written
     regions = [page, table, counters]
     assert moved(decide(backend(DRAM, READOPT), observe(regions, [FULL, 500])), regions) == {counters.id: 0}
 
@@ -282,6 +282,24 @@ def test_rates_come_from_damon_samples_and_written_pages() -> None:
     assert reads[0] == pytest.approx(240, rel=1e-3) and writes[0] == 0
     assert writes[1] == pytest.approx(math.log(2), rel=1e-3)  # half the pages written in 1 s, unseen by DAMON
     assert reads[2] + writes[2] == pytest.approx(100, rel=1e-3) and writes[2] == pytest.approx(50, rel=1e-3)
+
+
+def test_a_written_share_of_pages_is_a_write_rate_not_a_share_of_the_accesses() -> None:
+    # Half the pages written in the interval says ~0.69 writes per page per second, whatever DAMON's rate;
+    # every page written says only "at least that often", so the writes are taken as all the accesses.
+    policy = backend(DRAM, READOPT)
+    regions = [region(0, 4, 0, rate_for(240), 0.5), region(1, 4, 0, rate_for(240), 1.0)]
+    reads, writes = policy.cost_model.rates(RegionTable.from_regions(regions, [0, 1]))
+    assert writes[0] == pytest.approx(math.log(2), rel=1e-3) and reads[0] == pytest.approx(240 - math.log(2), rel=1e-3)
+    assert writes[1] == pytest.approx(240, rel=1e-3) and reads[1] == 0
+
+
+def test_a_read_mostly_index_goes_to_a_fast_memory_that_wears_and_a_write_hot_log_does_not() -> None:
+    fast_wearing = NodeModel(1, 50, 60, wears_out=True)
+    index = region(0, 64, node=0, rate=0.9, written=0.6)  # read on every request; most pages updated now and then
+    log = region(1, 64, node=0, rate=0.2, written=1.0)  # every page written in every interval
+    regions = [index, log]
+    assert moved(decide(backend(DRAM, fast_wearing), observe(regions, [500, 500])), regions) == {index.id: 1}
 
 
 def test_the_region_table_sorts_by_address() -> None:

@@ -219,7 +219,7 @@ def test_small_runs_decide_as_recorded() -> None:
             made += len(moves)
         decisions[run.name] = recorded(played)
     check_golden(GOLDEN / "backend-decisions.json", decisions)
-    assert made > 300  # the runs move a lot
+    assert made > 250  # the runs move a lot
 
 
 def test_large_runs_make_valid_tidy_moves_as_recorded() -> None:

@@ -273,7 +273,7 @@ def observation_of(context: PolicyContext, regions: Sequence[RegionView], epoch:
 
 
 # Busiest first: R1 counters (written, on the read-optimised node), R2 catalog, R3 orders.
-COUNTERS = RegionView(0, 1 * 2**30, 1 * 2**30 + 48 * MIB, 0.9, 5, 0.9, {1: 48 * MIB})
+COUNTERS = RegionView(0, 1 * 2**30, 1 * 2**30 + 48 * MIB, 0.9, 5, 1.0, {1: 48 * MIB})
 CATALOG = RegionView(1, 2 * 2**30, 2 * 2**30 + 160 * MIB, 0.8, 5, 0.0, {0: 160 * MIB})
 ORDERS = RegionView(2, 3 * 2**30, 3 * 2**30 + 640 * MIB, 0.01, 5, 0.02, {0: 640 * MIB})
 REGIONS = (COUNTERS, CATALOG, ORDERS)
@@ -294,7 +294,7 @@ def test_direct_mode_applies_a_valid_answer_asked_in_a_per_request_schema(tmp_pa
     schema = transport.requests[0]["response_format"]["schema"]["properties"]["moves"]["items"]["properties"]
     assert schema["region"]["enum"] == ["R1", "R2", "R3"] and schema["node"]["enum"] == [0, 1]
     user = transport.requests[0]["messages"][1]["content"]
-    assert "R1: 48MiB on node 1; 461 uses per page per second, 90% writes" in user
+    assert "R1: 48MiB on node 1; 461 uses per page per second, 100% writes" in user
     assert "R2: 160MiB on node 0; 322 uses per page per second, 0% writes" in user
     assert policy.usage()["epochs_llm"] == 1
     assert json.loads((tmp_path / DECISIONS_LOG).read_text())["decided_by"] == "llm"
