@@ -28,7 +28,7 @@ from testbed.model import (
     derived_distances,
 )
 from testbed.units import parse_bandwidth, parse_latency, parse_rate, parse_size
-from testbed.yamlfields import Fields, choice, load_yaml, named_file, whole
+from testbed.yamlfields import Fields, boolean, choice, load_yaml, named_file, whole
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOG = REPO_ROOT / "devices"
@@ -131,6 +131,8 @@ def parse_device(data: object, path: Path) -> Device:
         latency_model=_latency_model(fields) if fields.has("latency_model") else None,
         source=path,
         endurance_writes=fields.get("endurance", _positive(_number), None),
+        exposed=fields.get("exposed", boolean, False),
+        persistent=fields.get("persistent", boolean, False),
     )
     fields.raw("latency_model", None)
     fields.done()

@@ -39,7 +39,7 @@ from testbed.model import System
 from testbed.units import parse_bandwidth, parse_latency, parse_size
 from testbed.values import Monitoring
 from testbed.workload import Workload, resolve_workload
-from testbed.yamlfields import Fields, load_yaml, named_file, whole
+from testbed.yamlfields import Fields, boolean, load_yaml, named_file, whole
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 DEFAULT_BUDGET = 64 * 2**20
@@ -100,7 +100,7 @@ def load_experiment(name_or_path: str, catalog: Catalog | None = None) -> Experi
         migration_budget=fields.get("migration_budget", parse_size, DEFAULT_BUDGET),
         decision_deadline_s=fields.get("decision_deadline", parse_latency, workload.epoch_us * 500) / 1e9,
         migration_throughput=_throughput(fields),
-        hints=fields.get("hints", _boolean, False),
+        hints=fields.get("hints", boolean, False),
         damon=_damon(fields) if fields.has("damon") else Monitoring(),
         source=path,
         catalog=catalog,
@@ -172,10 +172,4 @@ def _damon(fields: Fields) -> Monitoring:
     if result.aggr_us < result.sample_us:
         raise damon.error("aggregate", "must be at least the sample interval")
     return result
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
 

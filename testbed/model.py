@@ -27,6 +27,13 @@ class DeviceKind(StrEnum):
     OTHER = "other"
 
 
+class DataKind(StrEnum):
+    """What a workload region holds, when it matters where it lives (the score's constraints column)."""
+
+    SECRETS = "secrets"  # keys, credentials: never on memory others can read
+    DURABLE = "durable"  # a journal that must survive power loss: only on persistent memory
+
+
 class Emulation(StrEnum):
     """How the VM presents a device to the guest kernel."""
 
@@ -67,6 +74,14 @@ class Device:
     # Full-device writes the medium takes before it wears out (a rated PBW over the capacity); for the score's
     # wear column only: no policy is told it (a policy learns that a device wears only from its text).
     endurance_writes: float | None = None
+    # For the score's constraints column only, like the endurance: whether others can read what the memory holds
+    # (a pool shared with other hosts, a link without encryption), and whether it keeps its data without power.
+    exposed: bool = False
+    persistent: bool = False
+
+    def may_hold(self, kind: DataKind) -> bool:
+        """Whether data of this kind may live here (see testbed.score's constraints)."""
+        return not self.exposed if kind == DataKind.SECRETS else self.persistent
 
     def access_latency_ns(self, write: bool, accesses_per_page_per_s: float) -> float:
         """What one access costs, including the device's own latency model."""

@@ -119,6 +119,14 @@ def render_report(summary: Summary, manifest: Manifest, plot_files: list[Path]) 
                   "policy is told it). Medians over the policy's finished runs. Not part of modeled time: a "
                   "policy that is faster by writing to such a device pays here.", "",
                   markdown_table(("Policy", "Written to wearing memory", "Life at this rate"), wear)]
+    constraints = _constraint_rows(summary)
+    if constraints:
+        lines += ["", "## Constraints", "", "How long regions that hold secrets were on memory others can read, "
+                  "and regions that hold durable data on memory that loses it without power, in bytes × "
+                  "seconds of the residency the score charges (the score's alone: no policy is told what a "
+                  "region holds or which devices may hold it, beyond the texts). Zero is the only good value. "
+                  "Medians over the policy's finished runs, with their range.", "",
+                  markdown_table(("Policy", "Held against a stated constraint"), constraints)]
     lines += ["", "## Kernel settings", "", "What each run started from, read back from the guest after the "
               "policy's setup; every run should show the same.", "", _kernel_table(summary)]
     if summary.notes:
@@ -221,6 +229,23 @@ def _wear_rows(summary: Summary) -> list[tuple[str, str, str]]:
     return [(name, format_size(int(policy.metrics.worn_bytes)), _years(policy.metrics.wear_life_years))
             for name, policy in summary.policies.items()
             if policy.kind != PolicyKind.BOUND and policy.metrics.worn_bytes is not None]
+
+
+def _constraint_rows(summary: Summary) -> list[tuple[str, str]]:
+    """One row per policy that ran, if a region holds data with a constraint on where it lives."""
+    rows = []
+    for name, policy in summary.policies.items():
+        value = policy.metrics.violation_byte_s
+        if policy.kind == PolicyKind.BOUND or value is None:
+            continue
+        low, high = policy.spread["violation_byte_s"]
+        spread = f" [{_mib_s(low)}–{_mib_s(high)}]" if low != high else ""
+        rows.append((name, _mib_s(value) + spread))
+    return rows
+
+
+def _mib_s(byte_s: float) -> str:
+    return "0" if byte_s == 0 else f"{byte_s / MIB:,.4g} MiB·s"
 
 
 def _years(value: float | None) -> str:

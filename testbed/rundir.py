@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from testbed.catalog import REPO_ROOT, Catalog, system_yaml
 from testbed.errors import ConfigError, UserError
-from testbed.model import System
+from testbed.model import DataKind, System
 from testbed.proc import run
 from testbed.render_qemu import QEMU_BINARY
 from testbed.score import Array, RunData, access_costs, run_data
@@ -66,6 +66,7 @@ class Manifest:
     migration_throughput: float
     migration_notes: tuple[tuple[str, str], ...]  # the rest of experiment.migration: how it was chosen
     facts: tuple[tuple[str, str], ...]  # scalar fields outside the experiment: versions, hashes, accelerator
+    holds: tuple[DataKind | None, ...] = ()  # per workload region, for the constraints column; () before it was kept
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,8 @@ def _resolved(experiment: Experiment) -> dict[str, Any]:
         "damon": asdict(experiment.damon),
         "workload": {"name": workload.name, "description": workload.description, "seed": workload.seed,
                      "epochs": workload.epochs, "footprint": workload.footprint,
-                     "regions": [{"name": r.name, "size": r.size, "pattern": str(r.pattern)} for r in workload.regions],
+                     "regions": [{"name": r.name, "size": r.size, "pattern": str(r.pattern),
+                                  **({"holds": str(r.holds)} if r.holds else {})} for r in workload.regions],
                      "phases": [{"name": p.name, "epochs": p.epochs} for p in workload.phases]},
     }
 
@@ -222,6 +224,7 @@ def read_manifest(run_dir: Path) -> Manifest:
         migration_throughput=_throughput(path, throughput),
         migration_notes=tuple((key, str(value)) for key, value in migration.items() if key != "throughput"),
         facts=tuple(_facts({key: value for key, value in data.items() if key != "experiment"})),
+        holds=_holds(path, experiment.get("workload")),
     )
 
 
@@ -280,6 +283,18 @@ def _name_of(value: object) -> str | None:
     if isinstance(value, dict):
         value = value.get("name")
     return value if isinstance(value, str) else None
+
+
+def _holds(path: Path, workload: object) -> tuple[DataKind | None, ...]:
+    """What each workload region holds, in region order."""
+    regions = workload.get("regions") if isinstance(workload, dict) else None
+    if not isinstance(regions, list):
+        return ()
+    try:
+        return tuple(DataKind(region["holds"]) if isinstance(region, dict) and "holds" in region else None
+                     for region in regions)
+    except ValueError as error:
+        raise ConfigError(path, "experiment.workload.regions", f"holds: {error}") from None
 
 
 def _twins(path: Path, value: object) -> tuple[tuple[str, str], ...]:

@@ -19,7 +19,10 @@ placement is worth, so a run is scored by what its accesses would have cost:
 ``modeled_time_s`` is their sum. Beside it, **wear**: the bytes written to each
 node (a write puts one 64-byte line on the medium; residency as above), and for
 a device with a rated endurance (full-device writes), how long it would last at
-the run's write rate. The **lower bound** puts every chunk on its fastest node
+the run's write rate; and **constraints**: the bytes × seconds that regions
+holding secrets spent on memory others can read, or regions holding durable
+data on memory that loses it without power (a figure a policy should drive to
+zero). The **lower bound** puts every chunk on its fastest node
 in every epoch, ignores capacity and charges no migration. The **oracle** is
 the best placement that respects each node's capacity, chosen with full
 knowledge of the ground truth and charged for its migrations
@@ -28,6 +31,7 @@ knowledge of the ground truth and charged for its migrations
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +39,7 @@ import numpy.typing as npt
 
 from testbed.ledger import HEADROOM
 from testbed.memtouch import RegionLayout
-from testbed.model import PAGE_SIZE, Device, System
+from testbed.model import PAGE_SIZE, DataKind, Device, System
 from testbed.oracle import Placement, solve_placement
 from testbed.timeline import EpochRecord, RunStart, Timeline
 
@@ -182,6 +186,22 @@ class Wear:
                  for node in wearing if written[node.id] > 0]
         return cls(tuple(float(v) for v in written), float(sum(written[node.id] for node in wearing)),
                    min(lives) if lives else None)
+
+
+def violation_byte_s(data: RunData, costs: Array, system: System, holds: Sequence[DataKind | None]) -> float | None:
+    """Bytes × seconds that regions holding secrets or durable data (``holds``, per region) spent on memory that
+    may not hold them, by the residency the score charges; None when no region holds either."""
+    if not any(holds):
+        return None
+    regions = int(data.region_of.max(initial=-1)) + 1
+    if len(holds) != regions:
+        raise TimelineError(f"the manifest says what {len(holds)} regions hold, the run has {regions}")
+    forbidden = np.zeros((len(holds), costs.shape[2]))
+    for region, kind in enumerate(holds):
+        for node in system.nodes:
+            forbidden[region, node.id] = kind is not None and not node.device.may_hold(kind)
+    misplaced = (placed_shares(data, costs) * forbidden[data.region_of][None]).sum(axis=2)  # [k, c]
+    return float((misplaced * data.chunk_bytes).sum() * data.interval_s)
 
 
 def score_run(timeline: Timeline, system: System, throughput: float) -> Score:

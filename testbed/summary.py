@@ -43,8 +43,10 @@ cover the oracle's epochs), ``unsampled_chunks`` (chunk-epochs with no
 residency sample, charged on the slowest node), ``worn_bytes`` (written to the
 devices with a rated endurance) and ``wear_life_years`` (how long the first of
 them to wear out would last at the run's write rate; null if none was
-written); any may be null when not measured (the wear ones: the system has no
-such device). The bounds are policies of kind ``"bound"``, never policies that
+written) and ``violation_byte_s`` (bytes × seconds that regions holding secrets
+or durable data spent on memory that may not hold them); any may be null when
+not measured (the wear ones: the system has no such device; the violations: no
+region holds either). The bounds are policies of kind ``"bound"``, never policies that
 ran: ``"oracle"`` moves at most ``migration_budget`` per interval as the
 policies may, and is what ratios and gaps are measured against;
 ``"oracle-unbudgeted"`` moves without limit. Each has no repeats and adds
@@ -59,11 +61,21 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from testbed.compare import Comparisons, best_baseline, compare
-from testbed.model import System
+from testbed.model import DataKind, System
 from testbed.notes import notes
 from testbed.oracle import OracleError
 from testbed.rundir import Manifest, Record, Run
-from testbed.score import ORACLE, ORACLE_UNBUDGETED, Oracle, TimelineError, Wear, lower_bound_s, oracle, score
+from testbed.score import (
+    ORACLE,
+    ORACLE_UNBUDGETED,
+    Oracle,
+    TimelineError,
+    Wear,
+    lower_bound_s,
+    oracle,
+    score,
+    violation_byte_s,
+)
 from testbed.stats import median, median_interval
 from testbed.timeline import RunStatus
 from testbed.values import PolicyKind
@@ -90,6 +102,7 @@ class Metrics:
     unsampled_chunks: float | None = None
     worn_bytes: float | None = None  # written to devices that wear out (None: the system has none)
     wear_life_years: float | None = None  # how long the first of them would last at the run's write rate
+    violation_byte_s: float | None = None  # secrets on exposed memory, durable data on volatile memory
 
     def json(self) -> dict[str, float | None]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -231,7 +244,7 @@ def summarize(manifest: Manifest, system: System, runs: list[Run], reference: Re
     best = bounds.budgeted
     oracle_s = best.modeled_time_s if isinstance(best, Oracle) else None
     epochs = reference.record.data.epochs if reference else 0
-    results = [_result(run, system, throughput, oracle_s, epochs) for run in runs]
+    results = [_result(run, system, manifest.holds, throughput, oracle_s, epochs) for run in runs]
     names = [name for name in manifest.policies if name not in (ORACLE, ORACLE_UNBUDGETED)]
     names += sorted({run.policy for run in runs} - set(names))
     policies = {name: _policy(name, [result for result in results if result.policy == name]) for name in names}
@@ -251,7 +264,8 @@ def summarize(manifest: Manifest, system: System, runs: list[Run], reference: Re
                    notes=tuple(notes(manifest, system, runs, results, reference, bounds)), policies=policies)
 
 
-def _result(run: Run, system: System, throughput: float, oracle_s: float | None, oracle_epochs: int) -> RunResult:
+def _result(run: Run, system: System, holds: tuple[DataKind | None, ...], throughput: float, oracle_s: float | None,
+            oracle_epochs: int) -> RunResult:
     if run.record is None:
         return RunResult(run.path, run.policy, None, run.repeat, RunStatus.FAILED, run.error, Metrics(), {})
     timeline = run.record.timeline
@@ -267,7 +281,8 @@ def _result(run: Run, system: System, throughput: float, oracle_s: float | None,
         late_epochs=sum(record.late for record in timeline.epochs), epochs=measured.epochs,
         ratio_to_lower_bound=_ratio(measured.modeled_time_s, measured.lower_bound_s),
         ratio_to_oracle=_ratio(measured.modeled_time_s, oracle_s) if measured.epochs == oracle_epochs else None,
-        unsampled_chunks=len(measured.unsampled), worn_bytes=wear.worn_bytes, wear_life_years=wear.life_years)
+        unsampled_chunks=len(measured.unsampled), worn_bytes=wear.worn_bytes, wear_life_years=wear.life_years,
+        violation_byte_s=violation_byte_s(run.record.data, run.record.costs, system, holds))
     reason = None if run.status == RunStatus.OK else timeline.end.reason or "failed"
     return RunResult(run.path, run.policy, timeline.start.kind, run.repeat, run.status, reason, metrics,
                      dict(timeline.end.usage), dict(timeline.start.kernel), timeline.start.barrier,

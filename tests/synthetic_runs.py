@@ -120,19 +120,20 @@ def system(name: str) -> System:
 def run_directory(root: Path, system_name: str, runs: dict[str, Timeline], throughput: object = 2e9,
                   policies: Sequence[str] | None = None, cut_short: Sequence[str] = (),
                   migration_budget: int | None = None, twins: dict[str, str] | None = None,
-                  **manifest: Any) -> Path:
+                  workload: dict[str, Any] | None = None, **manifest: Any) -> Path:
     """A run directory as the runner writes it: manifest, catalog copy, one timeline per run.
 
     ``runs`` maps run directory names (``first-touch``, ``llamas-r2``) to records; those named
     in ``cut_short`` get no end record. ``migration_budget`` (bytes per interval) and ``twins``
-    ({LLM policy: its text-blind twin}) go in the experiment as the runner records them.
+    ({LLM policy: its text-blind twin}) go in the experiment as the runner records them, and ``workload``
+    instead of a tiny one.
     """
     catalog = root / "catalog"
     (catalog / "systems").mkdir(parents=True)
     for device in DEFAULT_CATALOG.glob("*.yaml"):
         shutil.copy(device, catalog / device.name)
     shutil.copy(DEFAULT_CATALOG / "systems" / f"{system_name}.yaml", catalog / "systems")
-    experiment = {"name": "synthetic", "system": system_name, "workload": {"name": "tiny", "epochs": 3},
+    experiment = {"name": "synthetic", "system": system_name, "workload": workload or {"name": "tiny", "epochs": 3},
                   "interval_s": 1.0, "policies": list(policies if policies is not None else
                                                        dict.fromkeys(r.start.policy for r in runs.values())),
                   "migration": {"throughput": throughput, "chosen": "model"}}

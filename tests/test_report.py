@@ -296,6 +296,25 @@ def test_the_wear_a_policy_puts_on_persistent_memory_is_reported_beside_its_time
     assert "## Wear" not in (tmp_path / "cxl" / "report.md").read_text()
 
 
+def test_a_region_held_where_its_data_may_not_live_is_reported_in_byte_seconds(tmp_path: Path) -> None:
+    runs = {"first-touch": run("first-touch", first_touch),  # r1 stays on the persistent node
+            "hot-cold": run("hot-cold", lambda k: [[on(0), on(1)], [on(0)]] if k >= 2 else first_touch(k),
+                            moved_at=2, moved=4 * MIB)}
+    journal = {"name": "journal", "epochs": EPOCHS, "regions": [{"name": "r0"}, {"name": "r1", "holds": "durable"}]}
+    summary = write_results(run_directory(tmp_path, "dram-pmem", runs, throughput=THROUGHPUT, workload=journal),
+                            with_plots=False)
+    assert system("dram-pmem").nodes[1].device.persistent and not system("dram-pmem").nodes[0].device.persistent
+    # hot-cold brings r1 (one 2 MiB chunk) into DRAM, which loses it without power, for epochs 2 and 3
+    assert summary.policies["first-touch"].metrics.violation_byte_s == 0
+    assert summary.policies["hot-cold"].metrics.violation_byte_s == 2 * 2 * MIB * 1.0
+    text = (tmp_path / "report.md").read_text()
+    assert "## Constraints" in text and "| first-touch | 0 |" in text and "| hot-cold | 4 MiB·s |" in text
+    assert summary.policies["oracle"].metrics.violation_byte_s is None  # a bound, not a run
+    plain = write_results(experiment(tmp_path / "cxl"), with_plots=False)  # no region holds anything
+    assert plain.policies["first-touch"].metrics.violation_byte_s is None
+    assert "## Constraints" not in (tmp_path / "cxl" / "report.md").read_text()
+
+
 @pytest.mark.parametrize(("years", "text"), [(12228.4, "12,228 years"), (1.434, "1.43 years"),
                                              (88 / 365.25, "88 days"), (0.5 / 365.25, "12 hours"),
                                              (None, "nothing written")])

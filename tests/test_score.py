@@ -10,6 +10,7 @@ from synthetic_runs import epoch, layout, nodes, on, split, system, timeline
 
 from testbed.ledger import HEADROOM
 from testbed.memtouch import RegionLayout
+from testbed.model import DataKind
 from testbed.score import (
     LINE_BYTES,
     YEAR_S,
@@ -21,6 +22,7 @@ from testbed.score import (
     run_data,
     score,
     score_run,
+    violation_byte_s,
 )
 from testbed.timeline import EpochRecord, RunStatus
 from testbed.units import MIB
@@ -164,3 +166,22 @@ def test_wear_counts_a_line_per_write_on_the_node_that_held_it_and_the_life_it_l
     assert wear.life_years == pytest.approx(cxl.size * 100 / (25 * LINE_BYTES) * 3 / YEAR_S)
     unwritten = run_data(timeline(layout(2), [epoch(0, reads=[[1, 1]])], DRAM_CXL), 2)
     assert Wear.of(unwritten, access_costs(unwritten, wearing), wearing) == Wear((0.0, 0.0), 0.0, None)
+
+
+def test_constraints_count_the_bytes_and_seconds_a_region_spent_where_its_data_may_not_live() -> None:
+    plain = system("dram-cxl")
+    cxl = plain.nodes[1]
+    pooled = with_fields(plain, nodes=(plain.nodes[0], with_fields(cxl, device=with_fields(cxl.device, exposed=True))))
+    data = run_data(timeline(layout(2, 1), [
+        epoch(0, reads=[[1, 1], [1]], residency=[[on(0), on(1)], [on(1)]]),
+        epoch(1, reads=[[1, 1], [1]], residency=[[on(0), split(n0=128, n1=384)], [on(0)]]),
+    ], DRAM_CXL), 2)
+    costs = access_costs(data, pooled)
+    # r0 holds secrets: its second chunk (2 MiB) is on the exposed CXL pool for one epoch and three quarters of
+    # the next; r1 holds a durable journal, and neither node keeps data without power: 2 MiB for both epochs.
+    assert violation_byte_s(data, costs, pooled, (DataKind.SECRETS, None)) == pytest.approx(1.75 * 2 * MIB)
+    assert violation_byte_s(data, costs, pooled, (None, DataKind.DURABLE)) == pytest.approx(2 * 2 * MIB)
+    assert violation_byte_s(data, costs, plain, (DataKind.SECRETS, None)) == 0  # nothing is exposed there
+    assert violation_byte_s(data, costs, pooled, (None, None)) is None
+    with pytest.raises(TimelineError, match="what 1 regions hold, the run has 2"):
+        violation_byte_s(data, costs, pooled, (DataKind.SECRETS,))

@@ -11,6 +11,7 @@ import yaml
 
 from testbed.errors import ConfigError
 from testbed.memtouch import memtouch_input
+from testbed.model import DataKind
 from testbed.units import MIB
 from testbed.workload import (
     WORKLOADS_DIR,
@@ -46,6 +47,7 @@ regions:
     stride: 128B
     accesses: 500
     chunk: 4MiB
+    holds: durable
 phases:
   - epochs: 3
   - name: moved
@@ -81,6 +83,7 @@ def test_full_spec_is_read_into_typed_fields() -> None:
     assert (a.size, a.chunk, a.pattern, a.description) == (16 * MIB, MIB, Pattern.ZIPF, "A hash index.")
     assert a.accesses == Accesses(per_epoch=1000, write_fraction=0.25, exponent=1.2)
     assert (log.chunk, log.chunks, log.accesses.stride, log.description) == (4 * MIB, 2, 128, None)
+    assert (a.holds, log.holds) == (None, DataKind.DURABLE)
     assert [phase.name for phase in workload.phases] == ["phase0", "moved"]
     assert workload.phases[0].accesses == (a.accesses, log.accesses)
     # A phase changes only what it names; the rest is the region's own definition.
@@ -113,6 +116,7 @@ BAD_SPECS = [
     (("regions", 0, "chunk"), "3MiB", "regions[0].chunk: expected a power of two"),
     (("regions", 0, "name"), "hot set", "regions[0].name: expected 1-63 letters"),
     (("regions", 0, "pattern"), "random", "regions[0].pattern: expected one of uniform, zipf, sequential, chase"),
+    (("regions", 0, "holds"), "gold", "regions[0].holds: expected one of secrets, durable"),
     (("regions", 0, "accesses"), -1, "regions[0].accesses: expected a whole number >= 0"),
     (("regions", 0, "accesses"), 2**41, "regions[0].accesses: expected at most"),
     (("regions", 0, "description"), "", "regions[0].description: expected non-empty text"),
