@@ -27,7 +27,7 @@ class DeviceKind(StrEnum):
     OTHER = "other"
 
 
-class DataKind(StrEnum):
+class HeldData(StrEnum):
     """What a workload region holds, when it matters where it lives (the score's constraints column)."""
 
     SECRETS = "secrets"  # keys, credentials: never on memory others can read
@@ -79,9 +79,9 @@ class Device:
     exposed: bool = False
     persistent: bool = False
 
-    def may_hold(self, kind: DataKind) -> bool:
+    def may_hold(self, kind: HeldData) -> bool:
         """Whether data of this kind may live here (see testbed.score's constraints)."""
-        return not self.exposed if kind == DataKind.SECRETS else self.persistent
+        return not self.exposed if kind == HeldData.SECRETS else self.persistent
 
     def access_latency_ns(self, write: bool, accesses_per_page_per_s: float) -> float:
         """What one access costs, including the device's own latency model."""

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from testbed.catalog import REPO_ROOT, Catalog, system_yaml
 from testbed.errors import ConfigError, UserError
-from testbed.model import DataKind, System
+from testbed.model import HeldData, System
 from testbed.proc import run
 from testbed.render_qemu import QEMU_BINARY
 from testbed.score import Array, RunData, access_costs, run_data
@@ -66,7 +66,7 @@ class Manifest:
     migration_throughput: float
     migration_notes: tuple[tuple[str, str], ...]  # the rest of experiment.migration: how it was chosen
     facts: tuple[tuple[str, str], ...]  # scalar fields outside the experiment: versions, hashes, accelerator
-    holds: tuple[DataKind | None, ...] = ()  # per workload region, for the constraints column; () before it was kept
+    holds: tuple[HeldData | None, ...] = ()  # per workload region, for the constraints column; () before it was kept
 
 
 @dataclass(frozen=True)
@@ -285,13 +285,13 @@ def _name_of(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _holds(path: Path, workload: object) -> tuple[DataKind | None, ...]:
+def _holds(path: Path, workload: object) -> tuple[HeldData | None, ...]:
     """What each workload region holds, in region order."""
     regions = workload.get("regions") if isinstance(workload, dict) else None
     if not isinstance(regions, list):
         return ()
     try:
-        return tuple(DataKind(region["holds"]) if isinstance(region, dict) and "holds" in region else None
+        return tuple(HeldData(region["holds"]) if isinstance(region, dict) and "holds" in region else None
                      for region in regions)
     except ValueError as error:
         raise ConfigError(path, "experiment.workload.regions", f"holds: {error}") from None

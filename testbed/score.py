@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from testbed.ledger import HEADROOM
 from testbed.memtouch import RegionLayout
-from testbed.model import PAGE_SIZE, DataKind, Device, System
+from testbed.model import PAGE_SIZE, Device, HeldData, System
 from testbed.oracle import Placement, solve_placement
 from testbed.timeline import EpochRecord, RunStart, Timeline
 
@@ -188,7 +188,7 @@ class Wear:
                    min(lives) if lives else None)
 
 
-def violation_byte_s(data: RunData, costs: Array, system: System, holds: Sequence[DataKind | None]) -> float | None:
+def violation_byte_s(data: RunData, costs: Array, system: System, holds: Sequence[HeldData | None]) -> float | None:
     """Bytes × seconds that regions holding secrets or durable data (``holds``, per region) spent on memory that
     may not hold them, by the residency the score charges; None when no region holds either."""
     if not any(holds):

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from testbed.compare import Comparisons, best_baseline, compare
-from testbed.model import DataKind, System
+from testbed.model import HeldData, System
 from testbed.notes import notes
 from testbed.oracle import OracleError
 from testbed.rundir import Manifest, Record, Run
@@ -264,7 +264,7 @@ def summarize(manifest: Manifest, system: System, runs: list[Run], reference: Re
                    notes=tuple(notes(manifest, system, runs, results, reference, bounds)), policies=policies)
 
 
-def _result(run: Run, system: System, holds: tuple[DataKind | None, ...], throughput: float, oracle_s: float | None,
+def _result(run: Run, system: System, holds: tuple[HeldData | None, ...], throughput: float, oracle_s: float | None,
             oracle_epochs: int) -> RunResult:
     if run.record is None:
         return RunResult(run.path, run.policy, None, run.repeat, RunStatus.FAILED, run.error, Metrics(), {})

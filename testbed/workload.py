@@ -27,7 +27,7 @@ Spec format::
         stride: 64B         # sequential only (64B, a multiple of 8)
         chunk: 2MiB         # optional, overrides the workload's chunk
         description: A hash index probed by key.   # optional, for program-aware hints
-        holds: secrets      # optional, for the score only: secrets | durable (testbed.model.DataKind)
+        holds: secrets      # optional, for the score only: secrets | durable (testbed.model.HeldData)
     phases:                 # run in order
       - name: warm-up       # optional (phaseN)
         epochs: 10
@@ -46,7 +46,7 @@ from typing import Any
 
 from testbed.catalog import REPO_ROOT
 from testbed.errors import ConfigError
-from testbed.model import PAGE_SIZE, DataKind
+from testbed.model import PAGE_SIZE, HeldData
 from testbed.units import format_size, parse_latency, parse_size
 from testbed.yamlfields import Fields, choice, load_yaml, named_file, whole
 
@@ -95,7 +95,7 @@ class Region:
     pattern: Pattern
     accesses: Accesses  # as the region defines it; phases may change it
     description: str | None = None
-    holds: DataKind | None = None  # for the score only: no policy is told (see testbed.model.DataKind)
+    holds: HeldData | None = None  # for the score only: no policy is told (see testbed.model.HeldData)
 
     @property
     def pages(self) -> int:
@@ -204,7 +204,7 @@ def _region(fields: Fields, default_chunk: int, memory_limit: int | None) -> Reg
     accesses = _changed_accesses(fields, pattern, size, Accesses(per_epoch=0))
     region = Region(name=name, size=size, chunk=fields.get("chunk", _chunk_size, default_chunk), pattern=pattern,
                     accesses=accesses, description=fields.text("description", None),
-                    holds=fields.get("holds", choice(DataKind), None))
+                    holds=fields.get("holds", choice(HeldData), None))
     fields.done()
     return region
 

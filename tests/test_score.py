@@ -10,7 +10,7 @@ from synthetic_runs import epoch, layout, nodes, on, split, system, timeline
 
 from testbed.ledger import HEADROOM
 from testbed.memtouch import RegionLayout
-from testbed.model import DataKind
+from testbed.model import HeldData
 from testbed.score import (
     LINE_BYTES,
     YEAR_S,
@@ -179,9 +179,9 @@ def test_constraints_count_the_bytes_and_seconds_a_region_spent_where_its_data_m
     costs = access_costs(data, pooled)
     # r0 holds secrets: its second chunk (2 MiB) is on the exposed CXL pool for one epoch and three quarters of
     # the next; r1 holds a durable journal, and neither node keeps data without power: 2 MiB for both epochs.
-    assert violation_byte_s(data, costs, pooled, (DataKind.SECRETS, None)) == pytest.approx(1.75 * 2 * MIB)
-    assert violation_byte_s(data, costs, pooled, (None, DataKind.DURABLE)) == pytest.approx(2 * 2 * MIB)
-    assert violation_byte_s(data, costs, plain, (DataKind.SECRETS, None)) == 0  # nothing is exposed there
+    assert violation_byte_s(data, costs, pooled, (HeldData.SECRETS, None)) == pytest.approx(1.75 * 2 * MIB)
+    assert violation_byte_s(data, costs, pooled, (None, HeldData.DURABLE)) == pytest.approx(2 * 2 * MIB)
+    assert violation_byte_s(data, costs, plain, (HeldData.SECRETS, None)) == 0  # nothing is exposed there
     assert violation_byte_s(data, costs, pooled, (None, None)) is None
     with pytest.raises(TimelineError, match="what 1 regions hold, the run has 2"):
-        violation_byte_s(data, costs, pooled, (DataKind.SECRETS,))
+        violation_byte_s(data, costs, pooled, (HeldData.SECRETS,))

@@ -11,7 +11,7 @@ import yaml
 
 from testbed.errors import ConfigError
 from testbed.memtouch import memtouch_input
-from testbed.model import DataKind
+from testbed.model import HeldData
 from testbed.units import MIB
 from testbed.workload import (
     WORKLOADS_DIR,
@@ -83,7 +83,7 @@ def test_full_spec_is_read_into_typed_fields() -> None:
     assert (a.size, a.chunk, a.pattern, a.description) == (16 * MIB, MIB, Pattern.ZIPF, "A hash index.")
     assert a.accesses == Accesses(per_epoch=1000, write_fraction=0.25, exponent=1.2)
     assert (log.chunk, log.chunks, log.accesses.stride, log.description) == (4 * MIB, 2, 128, None)
-    assert (a.holds, log.holds) == (None, DataKind.DURABLE)
+    assert (a.holds, log.holds) == (None, HeldData.DURABLE)
     assert [phase.name for phase in workload.phases] == ["phase0", "moved"]
     assert workload.phases[0].accesses == (a.accesses, log.accesses)
     # A phase changes only what it names; the rest is the region's own definition.
