@@ -12,12 +12,19 @@ The margin, the move cost and the fixed cost per move keep small or short-lived
 gains from moving anything. Rates are smoothed over intervals by address, so one
 noisy DAMON sample moves nothing on its own. A region a move touched in the last
 few intervals may stay or go on towards where that move went, never back.
+
+Confinement
+-----------
+A range may be confined to some nodes (a buffer of secrets kept off memory
+others can read): regions are cut at its edges, the nodes it may not use are
+no choice for its regions, and staying on one costs more than any gain, so a
+confined region on a wrong node moves first, displacing what it must.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,6 +61,25 @@ class BackendSettings:
         if wrong:
             raise ValueError(f"backend settings out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in wrong)}")
 
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """The address range [start, end) may have pages only on ``nodes``."""
+
+    start: int
+    end: int
+    nodes: frozenset[int]
+    reason: str = field(default="confined", compare=False)  # a move's reason: "secrets: off exposed memory"
+
+    def __post_init__(self) -> None:
+        if self.start % PAGE_SIZE or self.end % PAGE_SIZE or self.end <= self.start or not self.nodes:
+            raise ValueError(f"a confinement needs whole pages and a node: {self}")
+
+
+# What staying on a node a confinement rules out costs per byte over the horizon: more than any move can gain,
+# less than a forbidden choice (so the arithmetic of gains stays finite).
+CONFINEMENT_PENALTY_NS = FORBIDDEN / 2**50
 
 
 class _RecentMoves:
@@ -127,6 +153,7 @@ class Backend:
                                     self.settings.wear_penalty)
         self._recent = _RecentMoves(self.settings.cooldown_intervals)
         self._history = _RateHistory(self.settings.smoothing)
+        self.confinements: tuple[Confinement, ...] = ()
 
     def table(self, observation: Observation) -> RegionTable:
         return RegionTable.from_regions(observation.regions, [node.id for node in observation.nodes])
@@ -150,6 +177,8 @@ class Backend:
         if rows.size == 0 or len(columns) < 2:
             return []
         sub = table if rows.size == len(table) else table.subset(rows)
+        if self.confinements:
+            sub = sub.cut(np.array(sorted({edge for c in self.confinements for edge in (c.start, c.end)})))
         lock, resume = self._recent.locks(sub, epoch)
         # A region no recent move touched goes in pieces of half a budget, so that the plan may keep part of a
         # large region and move the rest out; one under way stays whole (its rest holds its bytes off target).
@@ -163,7 +192,7 @@ class Backend:
                                                                 float(self.migration_budget)),
                          self.settings.max_attempts)
         horizon = self.settings.horizon_intervals * self.interval_s
-        actions = merged([Migrate(move.start, move.end, node_ids[move.target], _reason(move, horizon))
+        actions = merged([Migrate(move.start, move.end, node_ids[move.target], self._reason(move, horizon))
                           for move in moves])
         self._recent.add(actions, epoch)
         return actions
@@ -190,10 +219,18 @@ class Backend:
         column = np.arange(len(node_ids))[:, None]
         allowed = (column == lock[locked]) | (column == home[locked])
         choices[:, locked] = np.where(allowed, choices[:, locked], FORBIDDEN)
-        return Stakes(choices, (resident / held * stakes).sum(axis=0), home, moving, resident, lock, resume)
+        stay = (resident / held * stakes).sum(axis=0)
+        for confinement in self.confinements:
+            inside = np.flatnonzero((table.starts >= confinement.start) & (table.ends <= confinement.end))
+            ruled_out = np.array([node not in confinement.nodes for node in node_ids])
+            choices[np.ix_(ruled_out, inside)] = FORBIDDEN
+            stay[inside] += CONFINEMENT_PENALTY_NS * resident[np.ix_(ruled_out, inside)].sum(axis=0)
+        return Stakes(choices, stay, home, moving, resident, lock, resume)
 
-
-def _reason(move: Candidate, horizon: float) -> str:
-    gain_ms = move.gain / horizon / 1e6
-    return f"gains {gain_ms:.3g} ms/s" if move.gain > 0 else f"makes room (costs {-gain_ms:.3g} ms/s)"
+    def _reason(self, move: Candidate, horizon: float) -> str:
+        if move.gain >= CONFINEMENT_PENALTY_NS * PAGE_SIZE:  # no placement gains this much: a ruled-out node left
+            return next((c.reason for c in self.confinements if c.start <= move.start and move.end <= c.end),
+                        "confined")
+        gain_ms = move.gain / horizon / 1e6
+        return f"gains {gain_ms:.3g} ms/s" if move.gain > 0 else f"makes room (costs {-gain_ms:.3g} ms/s)"
 

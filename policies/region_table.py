@@ -68,6 +68,23 @@ class RegionTable:
         return RegionTable(starts, ends, self.access_rate[rows], self.written[rows],
                            self.resident[:, rows] * ((ends - starts) / lengths[rows]), self.node_ids), rows
 
+    def cut(self, edges: IntArray) -> RegionTable:
+        """The regions cut at each of ``edges`` (sorted addresses) that falls inside one, each part holding its
+        share of the region's bytes."""
+        inside = edges
+        first = np.searchsorted(inside, self.starts, side="right")  # the first edge after each start
+        counts = np.searchsorted(inside, self.ends, side="left") - first  # edges strictly inside
+        if not counts.any():
+            return self
+        rows = np.repeat(np.arange(len(self)), counts + 1)
+        index = np.arange(len(rows)) - np.repeat(np.cumsum(counts + 1) - (counts + 1), counts + 1)
+        at = np.repeat(first, counts + 1) + index  # the edge each part ends at, for all but the last part
+        starts = np.where(index == 0, self.starts[rows], inside[np.maximum(at - 1, 0)])
+        ends = np.where(index == counts[rows], self.ends[rows], inside[np.minimum(at, len(inside) - 1)])
+        lengths = (self.ends - self.starts)[rows]
+        return RegionTable(starts, ends, self.access_rate[rows], self.written[rows],
+                           self.resident[:, rows] * ((ends - starts) / lengths), self.node_ids)
+
     @property
     def sizes(self) -> Array:
         return (self.ends - self.starts).astype(np.float64)

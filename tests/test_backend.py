@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.backend import Backend, BackendSettings
+from policies.backend import Backend, BackendSettings, Confinement
 from policies.cost_model import NodeModel
 from policies.llamas_backend import BackendPolicy
 from policies.region_table import RegionTable
@@ -111,6 +111,52 @@ def test_wear_makes_writes_to_pmem_dearer() -> None:
     worn, spared = (policy.cost_model.costs(table.sizes, *policy.cost_model.rates(table), [1])
                     for policy in (backend(DRAM, PMEM, wear_penalty=penalty) for penalty in (1.0, 0.0)))
     assert worn[0, 0] > 1.5 * spared[0, 0]
+
+
+# --- confinement (a text's constraint, as hard limits) ----------------------------------------
+
+
+def confined(policy: Backend, *confinements: Confinement) -> Backend:
+    policy.confinements = confinements
+    return policy
+
+
+def test_a_confined_region_leaves_a_node_it_may_not_use_even_when_staying_would_be_faster() -> None:
+    hot = region(0, 64, node=0, rate=0.9)
+    keys = region(1, 8, node=1, rate=0.001)  # seldom read: not worth a byte of DRAM on speed alone
+    regions = [hot, keys]
+    pool = NodeModel(1, 250, 250)
+    assert decide(backend(DRAM, pool), observe(regions, [FULL, 500])) == []
+    secrets = Confinement(keys.start, keys.end, frozenset({0}), "secrets: off memory others can read")
+    moves = decide(confined(backend(DRAM, pool), secrets), observe(regions, [FULL, 500]))
+    assert [(m.start, m.end, m.node, m.reason) for m in moves if m.node == 0] == \
+        [(keys.start, keys.end, 0, "secrets: off memory others can read")]
+    assert sum(m.size for m in moves if m.node == 1) >= keys.end - keys.start  # the room it needs, made
+
+
+def test_a_confined_region_never_goes_where_it_may_not_even_when_that_would_be_faster() -> None:
+    keys = region(0, 8, node=0, rate=0.9)
+    faster = NodeModel(1, 40, 40)
+    assert moved(decide(backend(DRAM, faster), observe([keys], [500, 500])), [keys]) == {keys.id: 1}
+    only_dram = Confinement(keys.start, keys.end, frozenset({0}))
+    assert decide(confined(backend(DRAM, faster), only_dram), observe([keys], [500, 500])) == []
+
+
+def test_only_the_confined_range_of_a_larger_region_moves() -> None:
+    mixed = region(0, 64, node=1, rate=0.001)  # DAMON sees one cold region; the keys are 8 MiB inside it
+    keys = Confinement(mixed.start + 16 * MIB, mixed.start + 24 * MIB, frozenset({0}))
+    moves = decide(confined(backend(DRAM, NodeModel(1, 250, 250)), keys), observe([mixed], [500, 500]))
+    assert [(m.start, m.end, m.node) for m in moves] == [(keys.start, keys.end, 0)]
+
+
+def test_a_table_cut_at_edges_shares_each_regions_bytes_among_its_parts() -> None:
+    regions = [region(0, 8, node=0, rate=0.5), region(1, 4, node=1, rate=0.5)]
+    table = RegionTable.from_regions(regions, [0, 1])
+    edges = np.array([regions[0].start + 2 * MIB, regions[0].start + 6 * MIB, regions[1].end])
+    cut = table.cut(edges)
+    assert (cut.ends - cut.starts).tolist() == [2 * MIB, 4 * MIB, 2 * MIB, 4 * MIB]
+    assert cut.resident.tolist() == [[2 * MIB, 4 * MIB, 2 * MIB, 0], [0, 0, 0, 4 * MIB]]
+    assert table.cut(np.array([regions[0].start])) is table  # an edge at a region's start cuts nothing
 
 
 # --- capacity and budget ----------------------------------------------------------------------
