@@ -73,6 +73,8 @@ CHECKS = (
     Check("capacity", lambda c: c.capacity, lambda p: p.capacity, _number(format_size)),
     Check("freq-dep", lambda c: c.device.latency_model is not None, lambda p: p.frequency_dependent_latency, str),
     Check("wears", lambda c: c.device.endurance_writes is not None, lambda p: p.wears_out, str),
+    Check("exposed", lambda c: c.device.exposed, lambda p: p.readable_by_others, str),
+    Check("persists", lambda c: c.device.persistent, lambda p: p.keeps_data_without_power, str),
 )
 
 

@@ -48,6 +48,8 @@ class DeviceProfile:
     capacity: int | None = None  # bytes
     frequency_dependent_latency: bool | None = None
     wears_out: bool | None = None
+    readable_by_others: bool | None = None  # other hosts or parties can read what it holds: no secrets here
+    keeps_data_without_power: bool | None = None  # what must survive a power loss may live here
     suits: frozenset[DataKind] = frozenset()
     rationale: str = ""
     # Only for frequency-dependent latency (asked by profile_frequency): the fast case, and how
@@ -96,9 +98,17 @@ QUANTITIES = (
 )
 FREQUENCY_KEY = "latency_depends_on_access_frequency"
 WEAR_KEY = "wears_out_with_writes"
+EXPOSED_KEY = "readable_by_others"
+PERSISTENT_KEY = "keeps_data_without_power"
 # A quote that backs a yes must use a word of the question's topic (see _Evidence.answer).
 FREQUENCY_WORDS = ("often", "frequen", "repeat", "again")
 WEAR_WORDS = ("wear", "endur", "write cycle", "lifetime", "lifespan")
+EXPOSED_WORDS = ("share", "other host", "tenant", "encrypt", "pool", "readable", "snoop", "visible", "expose")
+PERSISTENT_WORDS = ("power", "persist", "volatile", "retain", "survive", "durable", "reboot")
+# (profile field, answer key, topic words) of every yes/no question.
+YES_NO = (("frequency_dependent_latency", FREQUENCY_KEY, FREQUENCY_WORDS), ("wears_out", WEAR_KEY, WEAR_WORDS),
+          ("readable_by_others", EXPOSED_KEY, EXPOSED_WORDS),
+          ("keeps_data_without_power", PERSISTENT_KEY, PERSISTENT_WORDS))
 
 
 def _quantity_schema(units: Mapping[str, float]) -> JsonObject:
@@ -134,8 +144,7 @@ def _suits_schema() -> JsonObject:
 def profile_schema() -> JsonObject:
     return _object_schema({
         **{q.key: _quantity_schema(q.scale) for q in QUANTITIES},
-        FREQUENCY_KEY: _quoted_answer_schema(),
-        WEAR_KEY: _quoted_answer_schema(),
+        **{key: _quoted_answer_schema() for _, key, _ in YES_NO},
         "suits": _suits_schema(),
         "rationale": _text_schema(RATIONALE_LIMIT),
     })
@@ -176,15 +185,15 @@ def validate_answer(name: str, answer: Mapping[str, Any],
     for quantity in QUANTITIES:
         values[quantity.field] = _checked(problems, quantity.key, _quantity, answer.get(quantity.key), quantity)
     evidence = _Evidence(texts)
-    for field, key, topic in (("frequency_dependent_latency", FREQUENCY_KEY, FREQUENCY_WORDS),
-                              ("wears_out", WEAR_KEY, WEAR_WORDS)):
+    for field, key, topic in YES_NO:
         values[field] = _checked(problems, key, evidence.answer, problems, key, answer.get(key), topic)
     values["suits"] = _suits(problems, answer.get("suits"), evidence)
     rationale = answer.get("rationale")
     values["rationale"] = " ".join(rationale.split())[:RATIONALE_LIMIT] if isinstance(rationale, str) else ""
     if values["capacity"] is not None:
         values["capacity"] = round(values["capacity"])  # whole bytes, like the system model
-    unexpected = sorted(set(answer) - {q.key for q in QUANTITIES} - {FREQUENCY_KEY, WEAR_KEY, "suits", "rationale"})
+    known = {q.key for q in QUANTITIES} | {key for _, key, _ in YES_NO} | {"suits", "rationale"}
+    unexpected = sorted(set(answer) - known)
     problems += [Problem(key, "not a field of the profile: ignored") for key in unexpected]
     return DeviceProfile(device=name, **values), tuple(problems)
 

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from policies.device_profile import (
+    EXPOSED_KEY,
     FREQUENCY_KEY,
     NOT_MENTIONED,
+    PERSISTENT_KEY,
     WEAR_KEY,
     DeviceProfile,
     Problem,
@@ -66,7 +68,10 @@ value 2, unit "GiB". If the text does not give the quantity, use value 0 and uni
 - {FREQUENCY_KEY}: does the text say the latency depends on how often data is used (frequently used \
 data served faster than rarely used data)? Most memories do not say so.
 - {WEAR_KEY}: does the text say the medium wears out when written?
-  For these two, first copy into "quote" the words of the device text that settle the question, \
+- {EXPOSED_KEY}: does the text say others can read what the memory holds (it is shared with other hosts \
+or tenants, or its contents or link are not encrypted)?
+- {PERSISTENT_KEY}: does the text say the memory keeps its contents when the power is lost?
+  For these four, first copy into "quote" the words of the device text that settle the question, \
 verbatim, or "{NOT_MENTIONED}" if it says nothing about it; then "answer": true only if the quote says yes.
 - suits: the kinds of data the text says the device is a good home for, each with the words of the \
 device text that say so: hot_read_mostly (read often, rarely written), hot_write_heavy (written \

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 from fake_openai import FakeOpenAi
 
-from policies.device_profile import FREQUENCY_KEY, WEAR_KEY, DataKind, DeviceProfile, validate_answer
+from policies.device_profile import (
+    EXPOSED_KEY,
+    FREQUENCY_KEY,
+    PERSISTENT_KEY,
+    WEAR_KEY,
+    DataKind,
+    DeviceProfile,
+    validate_answer,
+)
 from policies.frontend import Disagreement, ProfileCache, cache_key, combine_with_hmat, profile_device, profile_system
 from testbed.catalog import default_catalog
 from testbed.model import Performance
@@ -30,6 +38,8 @@ def good_answer(**changes: Any) -> dict[str, Any]:
         "capacity": {"value": 2, "unit": "GiB"},
         FREQUENCY_KEY: NOT_SAID,
         WEAR_KEY: {"quote": "The media wears out with writes.", "answer": True},
+        EXPOSED_KEY: NOT_SAID,
+        PERSISTENT_KEY: NOT_SAID,
         "suits": [{"kind": "cold", "quote": "read-mostly or cold data"}],
         "rationale": "Cold,   read-mostly data.",
     }
@@ -46,7 +56,8 @@ def test_a_good_answer_becomes_a_profile_in_ns_and_bytes() -> None:
     assert problems == {}
     assert profile == DeviceProfile(device="pmem", read_latency_ns=300.0, write_latency_ns=1000.0,
                                     read_bandwidth=8e9, write_bandwidth=2.5e9, capacity=2 * 2**30,
-                                    frequency_dependent_latency=False, wears_out=True,
+                                    frequency_dependent_latency=False, wears_out=True, readable_by_others=False,
+                                    keeps_data_without_power=False,
                                     suits=frozenset({DataKind.COLD}), rationale="Cold, read-mostly data.")
 
 
@@ -88,6 +99,17 @@ def test_a_quote_must_really_be_in_the_text() -> None:
 def test_quotes_match_regardless_of_case_and_spacing() -> None:
     profile, problems = validate(good_answer(**{WEAR_KEY: {"quote": "the MEDIA\n  wears out", "answer": True}}))
     assert profile.wears_out is True and problems == {}
+
+
+@pytest.mark.parametrize(("key", "field", "quote", "expected"), [
+    (PERSISTENT_KEY, "keeps_data_without_power", "Persistent memory", True),
+    (PERSISTENT_KEY, "keeps_data_without_power", "Reads take about 300 ns", False),  # not about power
+    (EXPOSED_KEY, "readable_by_others", "2 GiB of persistent memory", False),  # nothing about who can read it
+])
+def test_constraints_a_text_states_are_yes_only_with_a_quote_about_them(key: str, field: str, quote: str,
+                                                                        expected: bool) -> None:
+    profile, _ = validate(good_answer(**{key: {"quote": quote, "answer": True}}))
+    assert getattr(profile, field) is expected
 
 
 def test_yes_without_a_quote_is_dropped() -> None:

@@ -13,7 +13,7 @@ import pytest
 from fake_openai import FakeOpenAi
 
 from policies.cost_model import NodeModel
-from policies.device_profile import FREQUENCY_KEY, WEAR_KEY
+from policies.device_profile import EXPOSED_KEY, FREQUENCY_KEY, PERSISTENT_KEY, WEAR_KEY
 from policies.frontend import ProfileCache, cache_key, profile_device, profile_frequency
 from policies.llamas import SETUP_RECORD, LlamasPolicy
 from policies.llamas_direct import DECISIONS_LOG, DirectSettings, LlamasDirectPolicy
@@ -36,7 +36,8 @@ def quantity(value: float, unit: str) -> dict[str, Any]:
 def profile_answer(read_ns: float, write_ns: float, read_bw: float, write_bw: float, **changes: Any) -> str:
     answer = {"read_latency": quantity(read_ns, "ns"), "write_latency": quantity(write_ns, "ns"),
               "read_bandwidth": quantity(read_bw, "GB/s"), "write_bandwidth": quantity(write_bw, "GB/s"),
-              "capacity": quantity(1, "GiB"), FREQUENCY_KEY: NOT_SAID, WEAR_KEY: NOT_SAID, "suits": [],
+              "capacity": quantity(1, "GiB"), FREQUENCY_KEY: NOT_SAID, WEAR_KEY: NOT_SAID,
+              EXPOSED_KEY: NOT_SAID, PERSISTENT_KEY: NOT_SAID, "suits": [],
               "rationale": "memory"}
     return json.dumps({**answer, **changes})
 
