@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from policies.backend import Backend, BackendSettings
+from policies.constraints import ask_holdings
 from policies.cost_model import NodeModel
 from policies.device_profile import QUOTE_LIMIT, DataKind, DeviceProfile, Problem, quoted
 from policies.frontend import (
@@ -176,6 +177,10 @@ def describe_profile(profile: DeviceProfile) -> str:
                      f"{profile.hot_access_rate:g} times a second")
     if profile.wears_out:
         parts.append("wears out with writes")
+    if profile.readable_by_others:
+        parts.append("others can read what it holds")
+    if profile.keeps_data_without_power:
+        parts.append("keeps its data without power")
     if profile.suits:
         parts.append("suits " + ", ".join(sorted(kind.value.replace("_", " ") for kind in profile.suits)))
     return "; ".join(parts)
@@ -379,9 +384,13 @@ class LlamasPolicy(BackendPolicy):
         notes += self.build_backend(context, {r.node: NodeModel.from_profile(r.node, r.profile) for r in self.readings})
         hints = PlacementResult({}, (), ())
         if context.hints:
-            hints = propose_placement(self._client, context, {r.node: r.profile for r in self.readings},
-                                      self.backend)
-            notes += placement_notes(hints)
+            profiles = {r.node: r.profile for r in self.readings}
+            self.holdings = ask_holdings(self._client, context.hints, profiles)
+            notes += [*self.holdings.notes, *(f"holdings: {p.field}: {p.reason}" for p in self.holdings.problems)]
+            hints = propose_placement(self._client, context, profiles, self.backend)
+            placement, dropped = self.holdings.respected(hints.placement)
+            hints = replace(hints, placement=placement)
+            notes += [*placement_notes(hints), *dropped]
         self._setup_seconds = time.monotonic() - started
         _write_setup_record(context.run_dir / SETUP_RECORD, self.readings, hints, self._setup_seconds)
         return Setup(placement=hints.placement, notes=tuple(notes))

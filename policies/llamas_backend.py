@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from policies.backend import Backend, BackendSettings
 from policies.base import Policy
+from policies.constraints import Holdings
 from policies.cost_model import NodeModel
 from testbed.values import Action, Observation, PolicyContext, Setup
 
@@ -24,6 +25,7 @@ class BackendPolicy(Policy):
     def __init__(self, settings: BackendSettings | None = None) -> None:
         self.settings = settings or BackendSettings()
         self._backend: Backend | None = None
+        self.holdings = Holdings({}, (), ())  # what the texts confine (policies.constraints): nothing here
 
     @property
     def backend(self) -> Backend:
@@ -44,4 +46,5 @@ class BackendPolicy(Policy):
         return Setup(notes=notes)
 
     def decide(self, observation: Observation) -> list[Action]:
+        self.backend.confinements = self.holdings.confinements(observation.buffers)
         return [*self.backend.decide(observation)]

@@ -62,6 +62,7 @@ from testbed.validate import validate
 from testbed.values import (
     Action,
     AddressRange,
+    BufferRange,
     Migrate,
     NodeView,
     Observation,
@@ -111,6 +112,7 @@ class _RunState:
     pid: int
     layout: tuple[RegionLayout, ...]
     vmstat: dict[str, int]
+    buffers: tuple[BufferRange, ...]  # where the hinted buffers lie, for every observation
     pending: concurrent.futures.Future[list[Action]] | None = None  # a late decision still running
 
 
@@ -202,7 +204,10 @@ class _Run:
         reader = OutputReader()
         truth = _first_touch(run, reader)
         guest.watch(run.pid, experiment.damon)
-        state = _RunState(run.pid, truth.regions, guest.vmstat().counters)
+        hinted = {hint.name for hint in _hints(experiment)}
+        state = _RunState(run.pid, truth.regions, guest.vmstat().counters,
+                          tuple(BufferRange(r.name, r.address, r.address + r.size) for r in truth.regions
+                                if r.name in hinted))
         self.writer.write(self._start(repeat, state, setup, kernel, settled.held, notes))
         if setup.placement:  # an initial placement is held to the per-interval budget like every move
             _, observation = self._observe(state, 0, {})
@@ -269,7 +274,8 @@ class _Run:
             nodes=dict(region.nodes or {})) for region in (raw.damon.regions if raw.damon else ()))
         observation = Observation(epoch=epoch, time=raw.time, interval_s=self.experiment.interval_s,
                                   nodes=tuple(_node_view(node) for node in self.guest.nodes()), regions=regions,
-                                  resident=dict(raw.resident_bytes), vmstat_delta=vmstat_delta)
+                                  resident=dict(raw.resident_bytes), vmstat_delta=vmstat_delta,
+                                  buffers=state.buffers)
         return raw, observation
 
     def _decide(self, state: _RunState, observation: Observation) -> _Proposal:
@@ -327,11 +333,15 @@ def observation_summary(observation: Observation) -> dict[str, Any]:
                          {str(node): size for node, size in r.nodes.items()}] for r in observation.regions]}
 
 
+def _hints(experiment: Experiment) -> tuple[RegionHint, ...]:
+    """The program's notes on its buffers, when the experiment gives them (to every policy)."""
+    return tuple(RegionHint(region.name, region.size, region.description)
+                 for region in experiment.workload.regions if region.description) if experiment.hints else ()
+
+
 def _context(experiment: Experiment, nodes: list[NodeInfo], out: Path, text_blind: bool) -> PolicyContext:
     """What the policy may know; a text-blind twin gets no device or system text (HMAT is in ``nodes``)."""
-    system, workload = experiment.system, experiment.workload
-    hints = tuple(RegionHint(region.name, region.size, region.description)
-                  for region in workload.regions if region.description) if experiment.hints else ()
+    system = experiment.system
     return PolicyContext(
         system_description="" if text_blind else system.description,
         device_descriptions={} if text_blind else {node.id: node.device.description for node in system.nodes},
@@ -339,7 +349,7 @@ def _context(experiment: Experiment, nodes: list[NodeInfo], out: Path, text_blin
         interval_s=experiment.interval_s,
         migration_budget=experiment.migration_budget,
         damon_sample_s=experiment.damon.sample_us / 1e6,
-        hints=hints,
+        hints=_hints(experiment),
         run_dir=out,
         decision_deadline_s=experiment.decision_deadline_s,
     )

@@ -79,6 +79,16 @@ class RegionView:
 
 
 @dataclass(frozen=True)
+class BufferRange:
+    """Where a hinted buffer lies once the program has mapped it: the program's own annotation, as a named
+    mapping shows in /proc/PID/maps."""
+
+    name: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
 class Observation:
     """What a policy sees at the end of an interval."""
 
@@ -89,6 +99,7 @@ class Observation:
     regions: tuple[RegionView, ...]
     resident: dict[int, int]  # the process's bytes on each node
     vmstat_delta: dict[str, int]  # kernel counters since the previous observation
+    buffers: tuple[BufferRange, ...] = ()  # the hinted buffers (PolicyContext.hints); empty without hints
 
     def node(self, node_id: int) -> NodeView:
         return next(node for node in self.nodes if node.id == node_id)
