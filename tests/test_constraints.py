@@ -12,6 +12,7 @@ from policies.constraints import Holdings, read_holdings, settle_holdings
 from policies.device_profile import EXPOSED_KEY, DeviceProfile
 from policies.frontend import ProfileCache
 from policies.llamas import LlamasPolicy
+from testbed.ledger import HEADROOM
 from testbed.model import HeldData
 from testbed.units import MIB
 from testbed.values import BufferRange, NodeView, Observation, RegionHint, RegionView
@@ -55,6 +56,18 @@ def test_an_initial_placement_where_a_buffer_may_not_live_is_dropped() -> None:
     confined = Holdings({"keys": (frozenset({0}), "secrets: kept off memory others can read")}, (), ())
     kept, notes = confined.respected({"keys": 1, "feed": 1})
     assert kept == {"feed": 1} and notes == ["hint: keys -> node 1 dropped: secrets: kept off memory others can read"]
+
+
+def test_a_confined_buffer_gets_the_room_it_needs_before_busier_ones(tmp_path: Path) -> None:
+    both_on_dram = placements(("feed", "read and appended to on every request", "hot_write_heavy", 0),
+                              ("keys", "read when a client reconnects", "cold", 0))
+    free = [HEADROOM + 170 * MIB, 1024 * MIB]  # room for the feed or the keys in DRAM, not both
+    context = context_for(machine("dram-cxlpool"), tmp_path, (FEED, KEYS), free=free)
+    with FakeOpenAi(DDR5, POOL, holdings(("keys", "session keys and API credentials", "secrets")),
+                    both_on_dram) as fake:
+        setup = LlamasPolicy(lambda run_dir: fake.client(), ProfileCache(tmp_path / "cache")).setup(context)
+    assert setup.placement == {"keys": 0, "feed": 1}
+    assert list(setup.placement) == ["keys", "feed"]  # applied in this order, the keys first within the budget
 
 
 def test_llamas_keeps_a_buffer_of_secrets_off_a_pool_others_can_read(tmp_path: Path) -> None:
