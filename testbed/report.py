@@ -125,7 +125,8 @@ def render_report(summary: Summary, manifest: Manifest, plot_files: list[Path]) 
                   "and regions that hold durable data on memory that loses it without power, in bytes × "
                   "seconds of the residency the score charges (the score's alone: no policy is told what a "
                   "region holds or which devices may hold it, beyond the texts). Zero is the only good value. "
-                  "Medians over the policy's finished runs, with their range.", "",
+                  "Medians over the policy's finished runs, with their range. The oracle and the lower bound "
+                  "know nothing of constraints: they bound modeled time alone.", "",
                   markdown_table(("Policy", "Held against a stated constraint"), constraints)]
     lines += ["", "## Kernel settings", "", "What each run started from, read back from the guest after the "
               "policy's setup; every run should show the same.", "", _kernel_table(summary)]
