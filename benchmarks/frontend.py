@@ -4,7 +4,8 @@ For every device in a set the frontend reads the device's description
 (with the description of a machine that holds it, for capacity) and the
 extracted profile is scored field by field: numbers count when within ±25% of
 the YAML, booleans when equal to what the YAML implies (frequency-dependent
-latency from ``latency_model``, wear from a rated ``endurance``). A dropped field
+latency from ``latency_model``, wear from a rated ``endurance``, readable by
+others from ``exposed``, keeping data without power from ``persistent``). A dropped field
 counts as a miss. Two sets, each its own table: ``catalog`` (``devices/``,
 the texts the prompt and checks were written with) and ``held-out``
 (``tests/data/held-out-devices``: texts written apart from them, never used to
