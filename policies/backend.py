@@ -23,8 +23,8 @@ confined region on a wrong node moves first, displacing what it must.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -71,10 +71,17 @@ class Confinement:
     end: int
     nodes: frozenset[int]
     reason: str = field(default="confined", compare=False)  # a move's reason: "secrets: off exposed memory"
+    # Where the range's own pages are (sampled bytes by node), when known: a DAMON region reaching past the
+    # range says only where the whole region is, and prorating that may put pages on the wrong node.
+    resident: Mapping[int, int] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.start % PAGE_SIZE or self.end % PAGE_SIZE or self.end <= self.start or not self.nodes:
             raise ValueError(f"a confinement needs whole pages and a node: {self}")
+
+    def rows(self, table: RegionTable) -> IntArray:
+        """The regions of ``table`` (cut at the confinement's edges) that lie inside it."""
+        return np.flatnonzero((table.starts >= self.start) & (table.ends <= self.end))
 
 
 # What staying on a node a confinement rules out costs per byte over the horizon: more than any move can gain,
@@ -178,8 +185,12 @@ class Backend:
             return []
         sub = table if rows.size == len(table) else table.subset(rows)
         if self.confinements:
-            sub = sub.cut(np.array(sorted({edge for c in self.confinements for edge in (c.start, c.end)})))
+            sub = self._confined_residency(sub.cut(np.array(sorted({e for c in self.confinements
+                                                                    for e in (c.start, c.end)}))))
         lock, resume = self._recent.locks(sub, epoch)
+        for confinement in self.confinements:  # a move under way that left some behind (the guest's budget ran
+            inside = confinement.rows(sub)  # out) goes on from the start: what is on a ruled-out node moves
+            resume[inside] = sub.starts[inside]
         # A region no recent move touched goes in pieces of half a budget, so that the plan may keep part of a
         # large region and move the rest out; one under way stays whole (its rest holds its bytes off target).
         sub, pieces = sub.split(max(MIN_PART, self.migration_budget // 2 // PAGE_SIZE * PAGE_SIZE), lock >= 0)
@@ -221,11 +232,22 @@ class Backend:
         choices[:, locked] = np.where(allowed, choices[:, locked], FORBIDDEN)
         stay = (resident / held * stakes).sum(axis=0)
         for confinement in self.confinements:
-            inside = np.flatnonzero((table.starts >= confinement.start) & (table.ends <= confinement.end))
+            inside = confinement.rows(table)
             ruled_out = np.array([node not in confinement.nodes for node in node_ids])
             choices[np.ix_(ruled_out, inside)] = FORBIDDEN
             stay[inside] += CONFINEMENT_PENALTY_NS * resident[np.ix_(ruled_out, inside)].sum(axis=0)
         return Stakes(choices, stay, home, moving, resident, lock, resume)
+
+    def _confined_residency(self, table: RegionTable) -> RegionTable:
+        """``table`` with each confined range's own residency, where known, shared among its parts by length."""
+        resident = table.resident.copy()
+        for confinement in self.confinements:
+            total = sum(confinement.resident.values())
+            inside = confinement.rows(table)
+            if total and inside.size:
+                shares = np.array([confinement.resident.get(node, 0) / total for node in table.node_ids])
+                resident[:, inside] = shares[:, None] * (table.ends - table.starts)[inside]
+        return replace(table, resident=resident)
 
     def _reason(self, move: Candidate, horizon: float) -> str:
         if move.gain >= CONFINEMENT_PENALTY_NS * PAGE_SIZE:  # no placement gains this much: a ruled-out node left

@@ -58,7 +58,8 @@ class Holdings:
 
     def confinements(self, buffers: Sequence[BufferRange]) -> tuple[Confinement, ...]:
         """The confined buffers where they lie in this observation."""
-        return tuple(Confinement(b.start, b.end, *self.confined[b.name]) for b in buffers if b.name in self.confined)
+        return tuple(Confinement(b.start, b.end, *self.confined[b.name], resident=b.nodes)
+                     for b in buffers if b.name in self.confined)
 
     def respected(self, placement: Mapping[str, int]) -> tuple[dict[str, int], list[str]]:
         """``placement`` without the buffers it would put where they may not live (the backend moves them)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +275,7 @@ class _Run:
         observation = Observation(epoch=epoch, time=raw.time, interval_s=self.experiment.interval_s,
                                   nodes=tuple(_node_view(node) for node in self.guest.nodes()), regions=regions,
                                   resident=dict(raw.resident_bytes), vmstat_delta=vmstat_delta,
-                                  buffers=state.buffers)
+                                  buffers=_buffer_residency(state, raw))
         return raw, observation
 
     def _decide(self, state: _RunState, observation: Observation) -> _Proposal:
@@ -331,6 +331,21 @@ def observation_summary(observation: Observation) -> dict[str, Any]:
             "regions": [[r.start, r.end, round(r.access_rate, 4), r.age,
                          None if r.written_fraction is None else round(r.written_fraction, 4),
                          {str(node): size for node, size in r.nodes.items()}] for r in observation.regions]}
+
+
+def _buffer_residency(state: _RunState, raw: ObserveReply) -> tuple[BufferRange, ...]:
+    """The hinted buffers with their sampled residency (the observation's range queries are the layout's)."""
+    areas = {region.name: area for region, area in zip(state.layout, raw.ranges, strict=True)}
+    buffers = []
+    for buffer in state.buffers:
+        pages: dict[int, int] = {}
+        for chunk in areas[buffer.name].chunks:
+            for node, count in chunk.nodes.items():
+                pages[node] = pages.get(node, 0) + count
+        sampled = sum(pages.values())
+        size = buffer.end - buffer.start
+        buffers.append(replace(buffer, nodes={node: size * count // sampled for node, count in pages.items()}))
+    return tuple(buffers)
 
 
 def _hints(experiment: Experiment) -> tuple[RegionHint, ...]:

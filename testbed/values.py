@@ -81,11 +81,12 @@ class RegionView:
 @dataclass(frozen=True)
 class BufferRange:
     """Where a hinted buffer lies once the program has mapped it: the program's own annotation, as a named
-    mapping shows in /proc/PID/maps."""
+    mapping shows in /proc/PID/maps, with where its pages are (sampled), as /proc/PID/numa_maps shows."""
 
     name: str
     start: int
     end: int
+    nodes: dict[int, int] = field(default_factory=dict)  # resident bytes on each node (sampled)
 
 
 @dataclass(frozen=True)

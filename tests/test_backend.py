@@ -149,6 +149,28 @@ def test_only_the_confined_range_of_a_larger_region_moves() -> None:
     assert [(m.start, m.end, m.node) for m in moves] == [(keys.start, keys.end, 0)]
 
 
+def test_a_confined_range_is_judged_by_where_its_own_pages_are() -> None:
+    # DAMON sees one region over the keys and a busier neighbour; half its pages are on the pool, all of them
+    # the neighbour's. Prorated, the keys would look half on the pool; their own residency says not.
+    start = 2**30
+    merged = RegionView(0, start, start + 64 * MIB, 0.001, 5, 0.0, {0: 32 * MIB, 1: 32 * MIB})
+    policy = backend(DRAM, NodeModel(1, 250, 250))
+    on_dram = Confinement(start, start + 32 * MIB, frozenset({0}), resident={0: 32 * MIB})
+    assert decide(confined(policy, on_dram), observe([merged], [500, 500])) == []
+    partly_pooled = Confinement(start, start + 32 * MIB, frozenset({0}), resident={0: 28 * MIB, 1: 4 * MIB})
+    moves = decide(confined(policy, partly_pooled), observe([merged], [500, 500]))
+    assert [(m.start, m.end, m.node) for m in moves] == [(start, start + 32 * MIB, 0)]
+
+
+def test_what_a_move_of_a_confined_range_left_behind_moves_on_the_next_interval() -> None:
+    keys = region(0, 8, node=1, rate=0.001)
+    policy = confined(backend(DRAM, NodeModel(1, 250, 250)), Confinement(keys.start, keys.end, frozenset({0})))
+    assert [m.node for m in decide(policy, observe([keys], [500, 500], epoch=0))] == [0]
+    # The guest ran out of budget: a quarter stayed on the pool. The cooldown does not hold it there.
+    left = RegionView(0, keys.start, keys.end, 0.001, 5, 0.0, {0: 6 * MIB, 1: 2 * MIB})
+    assert [(m.start, m.node) for m in decide(policy, observe([left], [500, 500], epoch=1))] == [(keys.start, 0)]
+
+
 def test_a_table_cut_at_edges_shares_each_regions_bytes_among_its_parts() -> None:
     regions = [region(0, 8, node=0, rate=0.5), region(1, 4, node=1, rate=0.5)]
     table = RegionTable.from_regions(regions, [0, 1])

@@ -18,10 +18,11 @@ from policies.frontend import ProfileCache
 from policies.llamas_direct import DirectSettings, LlamasDirectPolicy
 from testbed.experiment import Experiment, load_experiment
 from testbed.memtouch import RELEASE_SIGNAL, build_memtouch, memtouch_input, parse_output
+from testbed.model import PAGE_SIZE
 from testbed.orchestrator import START_RESERVE, START_STATE, run_policy
 from testbed.timeline import RunStatus, read_timeline
 from testbed.units import MIB
-from testbed.values import Action, Migrate, Observation, PolicyContext, Setup, TieringSettings
+from testbed.values import Action, BufferRange, Migrate, Observation, PolicyContext, Setup, TieringSettings
 
 EPOCHS = 4
 
@@ -181,12 +182,14 @@ class Recording(Policy):
     def __init__(self, text_blind: bool = False) -> None:
         self.text_blind = text_blind
         self.context: PolicyContext | None = None
+        self.buffers: list[tuple[BufferRange, ...]] = []
 
     def setup(self, context: PolicyContext) -> Setup:
         self.context = context
         return Setup()
 
     def decide(self, observation: Observation) -> list[Action]:
+        self.buffers.append(observation.buffers)
         return []
 
 
@@ -207,6 +210,12 @@ def test_a_policy_is_told_what_an_os_could_know_and_hints_only_when_enabled(
     assert experiment.description not in told and experiment.workload.description not in told
     assert policy.context.system_description == experiment.system.description
     assert [hint.name for hint in policy.context.hints] == (["hot", "cold"] if hints else [])
+    # Where the hinted buffers lie, and where their pages are, in every observation (the program's annotation).
+    assert policy.buffers and all(buffers == policy.buffers[0] for buffers in policy.buffers)
+    buffers = policy.buffers[0]
+    assert [b.name for b in buffers] == (["hot", "cold"] if hints else [])
+    if hints:
+        assert all(sum(b.nodes.values()) == pytest.approx(b.end - b.start, abs=PAGE_SIZE) for b in buffers)
 
 
 def test_a_text_blind_twin_gets_no_device_or_system_text(memtouch: Path, experiment: Experiment,
