@@ -61,13 +61,6 @@ class Holdings:
         return tuple(Confinement(b.start, b.end, *self.confined[b.name], resident=b.nodes)
                      for b in buffers if b.name in self.confined)
 
-    def respected(self, placement: Mapping[str, int]) -> tuple[dict[str, int], list[str]]:
-        """``placement`` without the buffers it would put where they may not live (the backend moves them)."""
-        kept = {name: node for name, node in placement.items()
-                if name not in self.confined or node in self.confined[name][0]}
-        return kept, [f"hint: {name} -> node {node} dropped: {self.confined[name][1]}"
-                      for name, node in placement.items() if name not in kept]
-
 
 def holdings_schema(names: Sequence[str]) -> JsonObject:
     item = {"type": "object", "additionalProperties": False, "required": ["buffer", "quote", "holds"],

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -300,10 +300,10 @@ def read_proposals(answer: Mapping[str, Any], context: PolicyContext) -> tuple[l
 
 
 def settle_placement(proposals: Sequence[Proposal], nodes: Sequence[NodeView], backend: Backend,
-                     first: Collection[str] = ()) -> PlacementResult:
-    """Where the proposals go: the buffers named ``first`` (confined ones: they must get their nodes), then the
-    busiest, to the LLM's node where the numbers agree, else the cheapest node with room for the use the LLM
-    named."""
+                     confined: Mapping[str, frozenset[int]] = MappingProxyType({})) -> PlacementResult:
+    """Where the proposals go: the ``confined`` buffers first, each among the nodes it may use (they must get
+    them), then the busiest, to the LLM's node where the numbers agree, else the cheapest node with room for
+    the use the LLM named."""
     room = node_room(nodes)
     margin = 1 + backend.settings.margin
     costs = {use: use_costs(backend, use) for use in DataKind}
@@ -315,9 +315,11 @@ def settle_placement(proposals: Sequence[Proposal], nodes: Sequence[NodeView], b
     placement: dict[str, int] = {}
     notes: list[str] = []
     problems: list[Problem] = []
-    for proposal in sorted(proposals, key=lambda p: (p.hint.name in first, regret(p)), reverse=True):
+    for proposal in sorted(proposals, key=lambda p: (p.hint.name in confined, regret(p)), reverse=True):
         name, size = proposal.hint.name, proposal.hint.size
         cost = costs[proposal.use] if proposal.use else {proposal.node: 0.0}
+        if name in confined:
+            cost = {node: value for node, value in cost.items() if node in confined[name]}
         agreed = proposal.node in cost and cost[proposal.node] <= margin * min(cost.values())
         ranked = ([proposal.node] if agreed else []) + sorted(cost, key=cost.__getitem__)
         node = next((n for n in ranked if room.get(n, 0) >= size), None)
@@ -334,7 +336,8 @@ def settle_placement(proposals: Sequence[Proposal], nodes: Sequence[NodeView], b
 
 
 def propose_placement(client: LlmClient, context: PolicyContext, profiles: Mapping[int, DeviceProfile],
-                      backend: Backend, first: Collection[str] = ()) -> PlacementResult:
+                      backend: Backend, confined: Mapping[str, frozenset[int]] = MappingProxyType({})
+                      ) -> PlacementResult:
     """The initial placement of the hinted buffers: the LLM's reading, settled by the numbers."""
     node_ids = [view.id for view in context.nodes if view.id in profiles]
     schema = placement_schema([hint.name for hint in context.hints], node_ids)
@@ -343,7 +346,7 @@ def propose_placement(client: LlmClient, context: PolicyContext, profiles: Mappi
     except LlmAnswerError as error:
         return PlacementResult({}, (), (Problem("answer", str(error)),))
     proposals, problems = read_proposals(answer, context)
-    settled = settle_placement(proposals, context.nodes, backend, first)
+    settled = settle_placement(proposals, context.nodes, backend, confined)
     return replace(settled, problems=(*problems, *settled.problems))
 
 
@@ -389,10 +392,9 @@ class LlamasPolicy(BackendPolicy):
             profiles = {r.node: r.profile for r in self.readings}
             self.holdings = ask_holdings(self._client, context.hints, profiles)
             notes += [*self.holdings.notes, *(f"holdings: {p.field}: {p.reason}" for p in self.holdings.problems)]
-            hints = propose_placement(self._client, context, profiles, self.backend, first=self.holdings.confined)
-            placement, dropped = self.holdings.respected(hints.placement)
-            hints = replace(hints, placement=placement)
-            notes += [*placement_notes(hints), *dropped]
+            hints = propose_placement(self._client, context, profiles, self.backend,
+                                      {name: nodes for name, (nodes, _) in self.holdings.confined.items()})
+            notes += placement_notes(hints)
         self._setup_seconds = time.monotonic() - started
         _write_setup_record(context.run_dir / SETUP_RECORD, self.readings, hints, self._setup_seconds)
         return Setup(placement=hints.placement, notes=tuple(notes))

@@ -9,7 +9,7 @@ from fake_openai import FakeOpenAi
 from test_llamas_policy import DDR5, context_for, machine, placements, profile_answer
 
 from policies.constraints import Holdings, read_holdings, settle_holdings
-from policies.device_profile import EXPOSED_KEY, DeviceProfile
+from policies.device_profile import EXPOSED_KEY, PERSISTENT_KEY, DeviceProfile
 from policies.frontend import ProfileCache
 from policies.llamas import LlamasPolicy
 from testbed.ledger import HEADROOM
@@ -19,7 +19,7 @@ from testbed.values import BufferRange, NodeView, Observation, RegionHint, Regio
 
 KEYS = RegionHint("keys", 32 * MIB, "Per-tenant session keys and API credentials, read when a client reconnects.")
 FEED = RegionHint("feed", 160 * MIB, "The live event feed, read and appended to on every request.")
-JOURNAL = RegionHint("journal", 64 * MIB, "The write-ahead journal; a commit must survive a crash or power cut.")
+JOURNAL = RegionHint("journal", 64 * MIB, "The write-ahead journal; every commit must survive a crash or power cut.")
 POOL_TEXT = "what sits in this memory can be read by the other hosts"
 POOL = profile_answer(350, 350, 20, 18, **{EXPOSED_KEY: {"quote": POOL_TEXT, "answer": True}})
 
@@ -52,10 +52,17 @@ def test_each_buffer_is_confined_to_the_nodes_the_device_texts_leave_it() -> Non
     assert settle_holdings({"keys": HeldData.SECRETS}, {0: dram, 1: dram}).confined == {}  # nothing limits it
 
 
-def test_an_initial_placement_where_a_buffer_may_not_live_is_dropped() -> None:
-    confined = Holdings({"keys": (frozenset({0}), "secrets: kept off memory others can read")}, (), ())
-    kept, notes = confined.respected({"keys": 1, "feed": 1})
-    assert kept == {"feed": 1} and notes == ["hint: keys -> node 1 dropped: secrets: kept off memory others can read"]
+def test_a_confined_buffer_is_placed_only_where_it_may_live_and_takes_no_room_elsewhere(tmp_path: Path) -> None:
+    cache = RegionHint("cache", 768 * MIB, "Cached table pages, read by queries.")
+    pmem = profile_answer(300, 900, 8, 2.5, **{PERSISTENT_KEY: {"quote": "Persistent memory", "answer": True}})
+    context = context_for(machine("dram-pmem"), tmp_path, (cache, JOURNAL), free=[HEADROOM + 800 * MIB, 1024 * MIB])
+    with FakeOpenAi(DDR5, pmem, holdings(("journal", "must survive a crash or power cut", "durable")),
+                    placements(("cache", "read by queries", "hot_read_mostly", 0),
+                               ("journal", "every commit", "hot_write_heavy", 0))) as fake:
+        setup = LlamasPolicy(lambda run_dir: fake.client(), ProfileCache(tmp_path / "cache")).setup(context)
+    # DRAM would be cheaper for the journal, and has room for one of the two: the journal may not use it.
+    assert setup.placement == {"journal": 1, "cache": 0}
+    assert "journal holds durable: confined to node 1" in setup.notes
 
 
 def test_a_confined_buffer_gets_the_room_it_needs_before_busier_ones(tmp_path: Path) -> None:
