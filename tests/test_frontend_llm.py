@@ -1,6 +1,7 @@
-"""With the real embedded LLM: the plumbing on SmolLM2-135M, one device read by Qwen2.5-Coder-1.5B.
+"""With the real embedded LLM: the plumbing on SmolLM2-135M, one device and one program's buffers read by
+Qwen2.5-Coder-1.5B.
 
-Each real call costs 5-40 s on two shared cores, so there are only two.
+Each real call costs 5-40 s on two shared cores, so there are only three.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from policies.constraints import ask_holdings
+from policies.device_profile import DeviceProfile
 from policies.frontend import profile_device
 from policies.llm_client import LlmClient, LlmSettings, Message, OpenAiTransport, Transcript
 from testbed.catalog import default_catalog
 from testbed.llm_server import running_server
+from testbed.values import RegionHint
+from testbed.workload import load_workload, workload_path
 
 pytestmark = pytest.mark.llm
 
@@ -54,3 +59,14 @@ def test_qwen_reads_the_read_latency_of_optane_pmem(qwen_url: str, tmp_path: Pat
     latency = result.profile.read_latency_ns
     assert latency is not None, result.problems
     assert abs(latency - device.read_latency_ns) <= 0.25 * device.read_latency_ns
+    assert result.profile.keeps_data_without_power is True, result.problems  # "survives a power cut"
+    assert result.profile.readable_by_others is False
+
+
+def test_qwen_reads_which_buffer_holds_secrets(qwen_url: str, tmp_path: Path) -> None:
+    workload = load_workload(workload_path("tenant-keys"))
+    hints = [RegionHint(region.name, region.size, region.description or "") for region in workload.regions]
+    profiles = {0: DeviceProfile("ddr5"), 1: DeviceProfile("pool", readable_by_others=True)}
+    holdings = ask_holdings(_client("qwen1.5b", qwen_url, tmp_path), hints, profiles)
+    assert set(holdings.confined) == {"keys"}, (holdings.notes, holdings.problems)
+    assert holdings.confined["keys"][0] == {0}
