@@ -68,10 +68,9 @@ class RegionTable:
         return RegionTable(starts, ends, self.access_rate[rows], self.written[rows],
                            self.resident[:, rows] * ((ends - starts) / lengths[rows]), self.node_ids), rows
 
-    def cut(self, edges: IntArray) -> RegionTable:
-        """The regions cut at each of ``edges`` (sorted addresses) that falls inside one, each part holding its
+    def cut(self, inside: IntArray) -> RegionTable:
+        """The regions cut at each of ``inside`` (sorted addresses) that falls inside one, each part holding its
         share of the region's bytes."""
-        inside = edges
         first = np.searchsorted(inside, self.starts, side="right")  # the first edge after each start
         counts = np.searchsorted(inside, self.ends, side="left") - first  # edges strictly inside
         if not counts.any():

@@ -344,7 +344,9 @@ def _buffer_residency(state: _RunState, raw: ObserveReply) -> tuple[BufferRange,
                 pages[node] = pages.get(node, 0) + count
         sampled = sum(pages.values())
         size = buffer.end - buffer.start
-        buffers.append(replace(buffer, nodes={node: size * count // sampled for node, count in pages.items()}))
+        # A buffer none of whose pages were sampled says nothing of where it is (the score lists such chunks).
+        buffers.append(replace(buffer, nodes={node: size * count // sampled for node, count in pages.items()}
+                               if sampled else {}))
     return tuple(buffers)
 
 
