@@ -20,3 +20,12 @@ class ConfigError(UserError):
         self.problem = problem
         where = f"{self.path}: {field}" if field else self.path
         super().__init__(f"{where}: {problem}")
+
+
+class ResultsUnwritable(UserError):
+    """The run directory takes no more (a full disk, a read-only mount): the experiment stops there, and
+    what was written before stays as it was."""
+
+    def __init__(self, path: Path | str, error: OSError) -> None:
+        super().__init__(f"cannot write {path}: {error.strerror or error}; the experiment stops here, and the "
+                         "records written before it are kept")

@@ -21,6 +21,7 @@ timeline gets an ``end`` record saying so, and the VM is taken down.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -30,7 +31,7 @@ from typing import Any
 from policies.base import Policy
 from testbed.channel.errors import GuestdFailure, GuestError
 from testbed.channel.replies import NodeInfo, ObserveReply, ResidencyQuery, RunExit
-from testbed.errors import UserError
+from testbed.errors import ResultsUnwritable, UserError
 from testbed.experiment import Experiment
 from testbed.memtouch import (
     BARRIER_FLAG,
@@ -128,30 +129,34 @@ def run_policy(experiment: Experiment, policy: Policy, repeat: int, out: Path, p
     """Run ``policy`` once in a VM made by ``boot`` and record it in ``out/timeline.jsonl``;
     returns how it ended. The VM is taken down whatever happens. ``barrier=False`` lets the workload run
     free of the loop, as it did before the barrier (only benchmarks/spread.py does, to measure the difference)."""
-    writer = TimelineWriter(out / "timeline.jsonl")
-    epochs = 0
-    end = RunEnd(RunStatus.FAILED, "interrupted", 0)
-    vm: RunVm | None = None
-    try:
-        vm = boot(_vm_name(experiment, policy, repeat))
-        with vm.guest() as guest, concurrent.futures.ThreadPoolExecutor(1) as decider:
-            run = _Run(experiment, policy, guest, decider, writer, progress, barrier)
-            for record in run.intervals(repeat, out):
-                epochs = record.epoch + 1
-        end = RunEnd(RunStatus.OK, None, epochs, policy.usage())
-    except KeyboardInterrupt:
-        end = RunEnd(RunStatus.FAILED, "interrupted (Ctrl-C)", epochs, policy.usage())
-        raise
-    except (GuestdFailure, UserError, OSError) as error:
-        end = RunEnd(RunStatus.FAILED, _reason(error, vm), epochs, policy.usage())
-    except Exception as error:  # a policy's own bug ends its run, not the experiment
-        end = RunEnd(RunStatus.FAILED, f"{type(error).__name__}: {error}", epochs, policy.usage())
-    finally:
-        writer.write(end)
-        writer.close()
-        if vm is not None:
-            vm.down()
-    return end
+    with contextlib.ExitStack() as cleanup:  # whatever happens: the VM down, then the timeline closed
+        writer = TimelineWriter(out / "timeline.jsonl")
+        cleanup.callback(writer.close)
+        epochs = 0
+        end: RunEnd | None = RunEnd(RunStatus.FAILED, "interrupted", 0)
+        vm: RunVm | None = None
+        try:
+            vm = boot(_vm_name(experiment, policy, repeat))
+            cleanup.callback(vm.down)
+            with vm.guest() as guest, concurrent.futures.ThreadPoolExecutor(1) as decider:
+                run = _Run(experiment, policy, guest, decider, writer, progress, barrier)
+                for record in run.intervals(repeat, out):
+                    epochs = record.epoch + 1
+            end = RunEnd(RunStatus.OK, None, epochs, policy.usage())
+        except KeyboardInterrupt:
+            end = RunEnd(RunStatus.FAILED, "interrupted (Ctrl-C)", epochs, policy.usage())
+            raise
+        except ResultsUnwritable:  # a full disk: nothing more can be recorded, so the experiment stops
+            end = None
+            raise
+        except (GuestdFailure, UserError, OSError) as error:
+            end = RunEnd(RunStatus.FAILED, _reason(error, vm), epochs, policy.usage())
+        except Exception as error:  # a policy's own bug ends its run, not the experiment
+            end = RunEnd(RunStatus.FAILED, f"{type(error).__name__}: {error}", epochs, policy.usage())
+        finally:
+            if end is not None:
+                writer.write(end)
+        return end
 
 
 def _vm_name(experiment: Experiment, policy: Policy, repeat: int) -> str:
@@ -202,7 +207,11 @@ class _Run:
                         stdin=memtouch_input(experiment.workload),
                         memory=setup.memory, cpus=nodes[0].cpus)  # the score prices accesses from socket 0
         reader = OutputReader()
-        truth = _first_touch(run, reader)
+        started = guest.vmstat().counters
+
+        def why_it_ended() -> str:
+            return _exit_text(run, guest, started)
+        truth = _first_touch(run, reader, why_it_ended)
         guest.watch(run.pid, experiment.damon)
         hinted = {hint.name for hint in _hints(experiment)}
         state = _RunState(run.pid, truth.regions, guest.vmstat().counters,
@@ -214,7 +223,7 @@ class _Run:
             self._act(state, _placement_moves(setup.placement, state.layout), observation)
         self._release(run)  # epoch 0 begins
         timeout = experiment.interval_s + EPOCH_SLACK_S
-        while (epoch := _next_epoch(run, reader, timeout)) is not None:
+        while (epoch := _next_epoch(run, reader, timeout, why_it_ended)) is not None:
             record = self._interval(state, epoch)
             self.writer.write(record)
             self.progress(_progress_line(self.policy, experiment, record))
@@ -398,16 +407,17 @@ def _placement_moves(placement: dict[str, int], layout: tuple[RegionLayout, ...]
             for name, node in placement.items() if name in by_name]
 
 
-def _first_touch(run: WorkloadRun, reader: OutputReader) -> GroundTruth:
+def _first_touch(run: WorkloadRun, reader: OutputReader, why_it_ended: Callable[[], str]) -> GroundTruth:
     """Wait for memtouch's regions line: it prints it once every page has been touched."""
     for event in run.output(timeout=SETUP_TIMEOUT_S):
         if event.stream == "stdout":
             reader.feed(event.line)
             return reader.result()
-    raise RunFailed(f"the workload exited before mapping its memory: {_exit_text(run)}")
+    raise RunFailed(f"the workload exited before mapping its memory: {why_it_ended()}")
 
 
-def _next_epoch(run: WorkloadRun, reader: OutputReader, timeout: float) -> EpochCounts | None:
+def _next_epoch(run: WorkloadRun, reader: OutputReader, timeout: float, why_it_ended: Callable[[], str]
+                ) -> EpochCounts | None:
     """The workload's next interval of ground truth; None once it has reported them all."""
     for event in run.output(timeout=timeout):
         if event.stream == "stderr":
@@ -417,14 +427,21 @@ def _next_epoch(run: WorkloadRun, reader: OutputReader, timeout: float) -> Epoch
             return epoch
         if reader.finished:
             return None
-    raise RunFailed(f"the workload ended before reporting all its intervals: {_exit_text(run)}")
+    raise RunFailed(f"the workload ended before reporting all its intervals: {why_it_ended()}")
 
 
-def _exit_text(run: WorkloadRun) -> str:
+def _exit_text(run: WorkloadRun, guest: Guest, counters_at_start: dict[str, int]) -> str:
+    """How the workload ended; a SIGKILL the guest kernel's OOM killer sent (its vmstat count rose) says so."""
     exit_event: RunExit | None = run.exit
     if exit_event is None:
         return "no exit status"
-    return f"signal {exit_event.signal}" if exit_event.signal else f"exit code {exit_event.code}"
+    if not exit_event.signal:
+        return f"exit code {exit_event.code}"
+    if exit_event.signal == "SIGKILL":
+        kills = guest.vmstat().counters.get("oom_kill", 0) - counters_at_start.get("oom_kill", 0)
+        if kills > 0:
+            return f"killed by the guest kernel's OOM killer (SIGKILL; oom_kill in /proc/vmstat rose by {kills})"
+    return f"signal {exit_event.signal}"
 
 
 def _stride(chunk: int) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from testbed import plots
 from testbed.compare import Comparison
+from testbed.errors import ResultsUnwritable
 from testbed.rundir import (
     PLOTS_DIR,
     TIMELINE_FILE,
@@ -48,7 +49,9 @@ NOISE = (f"A difference is beyond noise when the 95% bootstrap interval of the d
 
 
 def write_results(run_dir: Path, with_plots: bool = True) -> Summary:
-    """Score every run in ``run_dir`` and write summary.json, report.md and (``with_plots``) plots/."""
+    """Score every run in ``run_dir`` and write summary.json, report.md and (``with_plots``) plots/.
+
+    A directory that takes no more (a full disk) raises :class:`ResultsUnwritable`; the records stay."""
     manifest = read_manifest(run_dir)
     system = load_system(run_dir, manifest.system)
     runs = read_runs(run_dir, system)
@@ -56,8 +59,11 @@ def write_results(run_dir: Path, with_plots: bool = True) -> Summary:
     bounds = _bounds(run_dir, manifest, reference)
     summary = summarize(manifest, system, runs, reference, bounds)
     write_summary(run_dir, summary.json())
-    written = (plots.write_plots(run_dir / PLOTS_DIR, summary, system,
-                                 plots.plot_inputs(runs, reference, bounds.budgeted)) if with_plots else [])
+    try:
+        written = (plots.write_plots(run_dir / PLOTS_DIR, summary, system,
+                                     plots.plot_inputs(runs, reference, bounds.budgeted)) if with_plots else [])
+    except OSError as error:
+        raise ResultsUnwritable(error.filename or run_dir / PLOTS_DIR, error) from None
     write_report(run_dir, render_report(summary, manifest, [path.relative_to(run_dir) for path in written]))
     return summary
 

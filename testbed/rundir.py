@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from testbed.catalog import REPO_ROOT, Catalog, system_yaml
-from testbed.errors import ConfigError, UserError
+from testbed.errors import ConfigError, ResultsUnwritable, UserError
 from testbed.model import HeldData, System
 from testbed.proc import run
 from testbed.render_qemu import QEMU_BINARY
@@ -108,7 +108,7 @@ def copy_catalog(experiment: Experiment, run_dir: Path) -> None:
     for node in experiment.system.nodes:
         if node.device.source:
             shutil.copy2(node.device.source, target / f"{node.device.name}.yaml")
-    (target / "systems" / f"{experiment.system.name}.yaml").write_text(system_yaml(experiment.system))
+    _write(target / "systems" / f"{experiment.system.name}.yaml", system_yaml(experiment.system))
 
 
 def write_manifest(experiment: Experiment, run_dir: Path, image_key: str, kernel: str) -> None:
@@ -125,7 +125,7 @@ def write_manifest(experiment: Experiment, run_dir: Path, image_key: str, kernel
         "llm": {"setting": os.environ.get("LLAMAS_LLM", "local")},
         "experiment": _resolved(experiment),
     }
-    (run_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    _write(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
 
 
 def record_accelerator(run_dir: Path, name: str, reason: str) -> None:
@@ -139,7 +139,7 @@ def record_accelerator(run_dir: Path, name: str, reason: str) -> None:
         recorded["reason"] += f"; runs differ: a later VM used {name} ({reason})"
     else:
         return
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    _write(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def _resolved(experiment: Experiment) -> dict[str, Any]:
@@ -185,11 +185,19 @@ def run_path(run_dir: Path, policy: str, repeat: int, repeats: int) -> Path:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    _write(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 def write_report(run_dir: Path, markdown: str) -> None:
-    (run_dir / REPORT_FILE).write_text(markdown)
+    _write(run_dir / REPORT_FILE, markdown)
+
+
+def _write(path: Path, text: str) -> None:
+    """``path`` holds ``text``; a full disk (or any write error) is :class:`ResultsUnwritable` naming it."""
+    try:
+        path.write_text(text)
+    except OSError as error:
+        raise ResultsUnwritable(path, error) from None
 
 
 # ---- read back ----

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from policies.registry import BOUNDS, embedded_model_for, make_policy
 from testbed.catalog import REPO_ROOT
+from testbed.errors import ResultsUnwritable
 from testbed.experiment import Experiment
 from testbed.image import build_image
 from testbed.llm_server import running_server
@@ -44,9 +45,12 @@ def run_experiment(experiment: Experiment, run_dir: Path, progress: Progress = p
 
 
 def _run_policies(experiment: Experiment, run_dir: Path, progress: Progress) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
     image = build_image(log=progress)
-    copy_catalog(experiment, run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        copy_catalog(experiment, run_dir)  # its file copies' errors name no file: the run directory is named
+    except OSError as error:
+        raise ResultsUnwritable(run_dir, error) from None
     write_manifest(experiment, run_dir, image.key, image.manifest()["kernel"])
     boot_vm = booter(experiment.system, experiment.catalog, image, progress)
 
@@ -69,7 +73,8 @@ def _run_policies(experiment: Experiment, run_dir: Path, progress: Progress) -> 
                     progress(f"{name}: failed: {end.reason}")
                 summary = write_results(run_dir)
     finally:
-        # Ctrl-C or a failure mid-run leaves a run the last summary does not cover.
+        # Ctrl-C or a failure mid-run leaves a run the last summary does not cover (on a full disk the summary
+        # cannot be written either: the error says so, and `llamas report` makes it once there is room).
         if summary is None:
             summary = write_results(run_dir)
         progress(result_table(summary))

@@ -29,6 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
+from testbed.errors import ResultsUnwritable
 from testbed.memtouch import RegionLayout
 from testbed.workload import Pattern
 
@@ -147,9 +148,15 @@ class Timeline:
 
 
 class TimelineWriter:
+    """Appends records, each flushed; a file that takes no more raises :class:`ResultsUnwritable`."""
+
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = path.open("a")
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: IO[str] = path.open("a")
+        except OSError as error:
+            raise ResultsUnwritable(path, error) from None
 
     def write(self, record: RunStart | EpochRecord | RunEnd) -> None:
         kind = {RunStart: "start", EpochRecord: "epoch", RunEnd: "end"}[type(record)]
@@ -158,11 +165,17 @@ class TimelineWriter:
             data["decision"] = {**data["decision"], "actions": [_flat(a.action, asdict(a.outcome))
                                                                 for a in record.decision.actions],
                                 "rejected": [_flat(r.action, {"reason": r.reason}) for r in record.decision.rejected]}
-        self._file.write(json.dumps({"type": kind, "format": FORMAT_VERSION, **data}) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps({"type": kind, "format": FORMAT_VERSION, **data}) + "\n")
+            self._file.flush()
+        except OSError as error:
+            raise ResultsUnwritable(self.path, error) from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as error:  # what the last flush could not write
+            raise ResultsUnwritable(self.path, error) from None
 
 
 def read_timeline(path: Path) -> Timeline:

@@ -72,7 +72,7 @@ class FakeRun:
             if not self._guest.regions:
                 self._guest.first_touched(parse_output([line]).regions)
             yield RunOutput("stdout", line.rstrip("\n"))
-        self.exit = RunExit(self._process.wait(), None)
+        self.exit = _exit(self._process.wait())
 
     def kill(self, signal: str = "TERM") -> bool:
         """Sends the signal to memtouch (the barrier's release is one); any other than the release ends it."""
@@ -81,9 +81,13 @@ class FakeRun:
             return False
         self._process.send_signal(Signals[f"SIG{signal}"])
         if signal != RELEASE_SIGNAL:
-            self._process.wait()
-            self.exit = RunExit(None, f"SIG{signal}")
+            self.exit = _exit(self._process.wait())
         return True
+
+
+def _exit(code: int) -> RunExit:
+    """As guestd reports a process's end: its exit code, or the signal that ended it."""
+    return RunExit(None, Signals(-code).name) if code < 0 else RunExit(code, None)
 
 
 @dataclass
@@ -97,6 +101,7 @@ class FakeGuest:
     regions: tuple[RegionLayout, ...] = ()
     page_nodes: dict[int, int] = field(default_factory=dict)  # page address -> node
     migrated_pages: int = 0
+    oom_kills: int = 0  # the guest kernel's OOM killer's count (vmstat oom_kill)
     calls: list[str] = field(default_factory=list)
     runs: list[FakeRun] = field(default_factory=list)
     damon_windows: list[tuple[int | None, int | None]] = field(default_factory=list)  # each observe's (since, until)
@@ -132,7 +137,7 @@ class FakeGuest:
 
     def vmstat(self, everything: bool = False) -> Vmstat:
         self.check_alive()
-        return Vmstat(time.monotonic(), {"pgmigrate_success": self.migrated_pages})
+        return Vmstat(time.monotonic(), {"pgmigrate_success": self.migrated_pages, "oom_kill": self.oom_kills})
 
     def settle(self, free_targets: dict[int, int] | None = None) -> Settled:
         self.calls.append("settle")

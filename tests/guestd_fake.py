@@ -81,7 +81,7 @@ def build_tree(root: Path) -> None:
         write(root, f"sys/devices/virtual/memory_tiering/memory_tier{tier}/nodelist",
               ",".join(map(str, members)) + "\n")
     write(root, "proc/vmstat", "nr_free_pages 100\npgfault 12345\npgmigrate_success 7\npgdemote_kswapd 3\n"
-                               "numa_hit 99\nnr_dirty 5\npgpromote_success 2\n")
+                               "numa_hit 99\nnr_dirty 5\npgpromote_success 2\noom_kill 1\n")
     write(root, f"{KDAMONDS}/nr_kdamonds", "0\n")
     (root / f"{TRACEFS}/instances").mkdir(parents=True)
     (root / f"{TRACEFS}/events/damon/damon_aggregated").mkdir(parents=True)

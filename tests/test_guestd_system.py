@@ -70,10 +70,10 @@ def test_a_node_without_hmat_or_tiers_reports_none(tmp_path: Path) -> None:
     assert nodes[2]["tier"] is None
 
 
-def test_vmstat_keeps_the_placement_counters(kernel: Kernel) -> None:
+def test_vmstat_keeps_the_placement_counters_and_the_oom_kills(kernel: Kernel) -> None:
     counters = read_vmstat(kernel, everything=False)
     assert counters == {"nr_free_pages": 100, "pgfault": 12345, "pgmigrate_success": 7, "pgdemote_kswapd": 3,
-                        "numa_hit": 99, "pgpromote_success": 2}
+                        "numa_hit": 99, "pgpromote_success": 2, "oom_kill": 1}
     assert read_vmstat(kernel, everything=True)["nr_dirty"] == 5
 
 

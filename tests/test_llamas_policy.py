@@ -353,6 +353,25 @@ def test_a_failing_server_falls_back_and_is_counted(tmp_path: Path) -> None:
     assert policy.usage()["fallback.error"] == 1
 
 
+def test_a_server_killed_mid_run_leaves_the_epoch_to_the_backend_with_the_reason_recorded(tmp_path: Path) -> None:
+    context = context_for(machine("dram-readopt"), tmp_path, free=[500 * MIB, 900 * MIB])
+    with FakeOpenAi(moves(("R1", 0))) as fake:
+        cache = ProfileCache(tmp_path / "cache")
+        client = fake.client()
+        for node, answer in ((0, DDR5), (1, READOPT)):
+            cache.put(cache_key(client.model_id, context.device_descriptions[node], context.system_description),
+                      json.loads(answer))
+        policy = LlamasDirectPolicy(lambda run_dir: client, cache, direct=DirectSettings(deadline_s=5))
+        policy.setup(context)
+    observation = observation_of(context, REGIONS)  # the server is gone: connections are refused
+    actions = policy.decide(observation)
+    assert policy.usage()["fallback.error"] == 1
+    assert actions and validate(actions, observation, context.migration_budget).rejected == ()
+    logged = [json.loads(line) for line in (context.run_dir / DECISIONS_LOG).read_text().splitlines()]
+    assert logged[-1]["decided_by"] == "backend (error)"
+    assert f"cannot reach the LLM at {fake.base_url}" in logged[-1]["error"]
+
+
 def test_a_slow_llm_leaves_epochs_to_the_backend_and_its_late_answer_is_checked_when_it_comes(
         tmp_path: Path) -> None:
     context = context_for(machine("dram-readopt"), tmp_path, free=[500 * MIB, 900 * MIB])

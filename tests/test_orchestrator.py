@@ -16,6 +16,7 @@ from fake_openai import FakeOpenAi
 from policies.base import Policy
 from policies.frontend import ProfileCache
 from policies.llamas_direct import DirectSettings, LlamasDirectPolicy
+from testbed.errors import ResultsUnwritable
 from testbed.experiment import Experiment, load_experiment
 from testbed.memtouch import RELEASE_SIGNAL, build_memtouch, memtouch_input, parse_output
 from testbed.model import PAGE_SIZE
@@ -152,15 +153,37 @@ class KillingTheVm(Policy):
         return []
 
 
+class KillingTheWorkload(Policy):
+    """SIGKILLs the workload in the second interval, as the guest kernel's OOM killer would (counting it, if
+    ``oom``) or as anyone else might (not counting it)."""
+
+    name = "oom"
+
+    def __init__(self, vm: FakeVm, oom: bool) -> None:
+        self.vm = vm
+        self.oom = oom
+
+    def decide(self, observation: Observation) -> list[Action]:
+        if observation.epoch == 1:
+            self.vm.guest_daemon.oom_kills += self.oom
+            self.vm.guest_daemon.runs[-1].kill("KILL")
+        return []
+
+
 @pytest.mark.parametrize(("kind", "reason", "recorded"), [
     ("raise", "RuntimeError: the policy's own bug", [0]),
     ("kill-vm", "the VM stopped", [0, 1]),
+    ("oom", "the workload ended before reporting all its intervals: killed by the guest kernel's OOM killer "
+            "(SIGKILL; oom_kill in /proc/vmstat rose by 1)", [0, 1]),
+    ("kill", "the workload ended before reporting all its intervals: signal SIGKILL", [0, 1]),
 ])
 def test_a_failing_run_keeps_its_record_and_takes_its_vm_down(memtouch: Path, experiment: Experiment,
                                                                tmp_path: Path, kind: str, reason: str,
                                                                recorded: list[int]) -> None:
     vm = fake_vm(memtouch)
-    policy: Policy = Raising() if kind == "raise" else KillingTheVm(vm)
+    policies: dict[str, Policy] = {"raise": Raising(), "kill-vm": KillingTheVm(vm),
+                                   "oom": KillingTheWorkload(vm, oom=True), "kill": KillingTheWorkload(vm, oom=False)}
+    policy = policies[kind]
     end = run_policy(experiment, policy, 1, tmp_path / kind, lambda line: None, lambda name: vm)
     assert end.status == RunStatus.FAILED
     assert reason in (end.reason or "")
@@ -169,6 +192,19 @@ def test_a_failing_run_keeps_its_record_and_takes_its_vm_down(memtouch: Path, ex
     assert timeline.end.status == RunStatus.FAILED
     assert vm.downs == 1
     assert all(run.exit is not None for run in vm.guest_daemon.runs)  # the workload did not outlive the run
+
+
+def test_a_full_disk_stops_the_experiment_with_one_error_and_takes_the_vm_down(
+        memtouch: Path, experiment: Experiment, tmp_path: Path) -> None:
+    vm = fake_vm(memtouch)
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "timeline.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
+    with pytest.raises(ResultsUnwritable, match=r"cannot write .*timeline.jsonl: No space left on device; the "
+                                                r"experiment stops here"):
+        run_policy(experiment, Scripted(), 1, out, lambda line: None, lambda name: vm)
+    assert vm.downs == 1
+    assert all(run.exit is not None for run in vm.guest_daemon.runs)
 
 
 # ---- what a policy is told ----

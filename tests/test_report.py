@@ -26,7 +26,7 @@ from test_render import check_golden
 
 from testbed import report
 from testbed.cli import main
-from testbed.errors import ConfigError
+from testbed.errors import ConfigError, ResultsUnwritable
 from testbed.report import _years as report_years
 from testbed.report import result_table, write_results
 from testbed.rundir import RunDirError, read_manifest
@@ -320,3 +320,12 @@ def test_a_region_held_where_its_data_may_not_live_is_reported_in_byte_seconds(t
                                              (None, "nothing written")])
 def test_a_wear_life_is_written_in_the_unit_that_reads(years: float | None, text: str) -> None:
     assert report_years(years) == text
+
+
+def test_a_full_disk_is_one_error_naming_the_file_and_the_records_stay(tmp_path: Path) -> None:
+    run_dir = experiment(tmp_path)
+    records = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    (run_dir / "summary.json").symlink_to("/dev/full")  # every write: ENOSPC
+    with pytest.raises(ResultsUnwritable, match=r"cannot write .*summary.json: No space left on device"):
+        write_results(run_dir, with_plots=False)
+    assert {path: path.read_bytes() for path in records} == records

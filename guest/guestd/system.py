@@ -30,7 +30,7 @@ TRACEFS_MOUNTS = ("sys/kernel/tracing", "sys/kernel/debug/tracing")
 
 # Counters a placement policy reads; prefixes cover the families whose members vary by kernel.
 VMSTAT_PREFIXES = ("pgmigrate_", "pgpromote_", "pgdemote_", "numa_", "thp_migration_", "pgsteal_", "pgscan_")
-VMSTAT_NAMES = frozenset({"pgfault", "pgmajfault", "pgactivate", "pgdeactivate", "nr_free_pages"})
+VMSTAT_NAMES = frozenset({"pgfault", "pgmajfault", "pgactivate", "pgdeactivate", "nr_free_pages", "oom_kill"})
 
 _MEMINFO_LINE = re.compile(r"^Node\s+\d+\s+(\w+):\s+(\d+)(?:\s+kB)?\s*$")
 _TIER_NAME = re.compile(r"^memory_tier(\d+)$")
