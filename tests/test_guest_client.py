@@ -259,36 +259,6 @@ def test_a_malformed_reply_is_a_bad_reply_error(guests: Guests) -> None:
     assert raised.value.code == "BAD_REPLY"
 
 
-class BusyOnce(InProcessTransport):
-    """Answers the first ``busy`` requests with EBUSY, as DAMON's sysfs does while its lock is taken."""
-
-    busy = 1
-
-    def send_line(self, line: bytes) -> None:
-        request = json.loads(line)
-        if self.busy > 0:
-            self.busy -= 1
-            self.sent.append(request)
-            self.guest.stdout.lines.put(json.dumps({"v": 1, "id": request["id"], "ok": False, "error": {
-                "code": "EBUSY", "message": "Device or resource busy"}}).encode())
-        else:
-            super().send_line(line)
-
-
-def test_a_busy_read_is_asked_again_and_a_busy_migrate_is_not(guests: Guests) -> None:
-    transport = BusyOnce(FakeGuest(guests.root))
-    with GuestClient(lambda: transport) as client:
-        assert client.vmstat().counters  # answered on the second try
-        assert [request["op"] for request in transport.sent] == ["vmstat", "vmstat"]
-        transport.busy = 1
-        with pytest.raises(GuestError) as raised:
-            client.migrate(PID, 1, 4096)
-        assert raised.value.code == "EBUSY"  # not idempotent: the caller decides
-        transport.busy = 10
-        with pytest.raises(GuestError, match="EBUSY"):
-            client.nodes()  # still busy after every retry: the error stands
-
-
 def test_a_local_daemon_process_serves_the_client(tmp_path: Path) -> None:
     build_tree(tmp_path)
     with GuestClient(lambda: SubprocessTransport.guestd(tmp_path)) as client:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
+import os
+import time
 from pathlib import Path
 
 import pytest
-from guestd_fake import GIB, RELEASE, FakeGuest, build_tree
+from guestd_fake import GIB, KDAMONDS, RELEASE, FakeGuest, build_tree
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guest.guestd.kernel import Kernel, format_id_list, parse_id_list
+from guest.guestd.kernel import BUSY_PAUSES_S, Kernel, format_id_list, parse_id_list
 from guest.guestd.process import PAGE_SIZE
 from guest.guestd.system import describe_nodes, node_meminfo, read_vmstat, soft_dirty_supported
 from testbed.units import MIB
@@ -159,3 +162,35 @@ def test_settle_refuses_a_target_on_a_node_without_memory(tmp_path: Path) -> Non
     assert "node 7" in message
     code, message = guest.error("settle", free=[{"node": 0}])
     assert code == "EINVAL" and "free[0].bytes" in message
+
+
+class Busy:
+    """os.write that answers EBUSY ``times`` times, as DAMON's sysfs does while its lock is held elsewhere."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+        self.real = os.write
+
+    def __call__(self, fd: int, data: bytes) -> int:
+        if self.times > 0:
+            self.times -= 1
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        return self.real(fd, data)
+
+
+def test_a_busy_damon_file_is_written_again_and_other_files_are_not(kernel: Kernel,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(time, "sleep", pauses.append)
+    damon_state = f"{KDAMONDS}/nr_kdamonds"
+    monkeypatch.setattr(os, "write", Busy(3))
+    kernel.write(damon_state, "1")
+    assert kernel.value(damon_state) == "1" and pauses == list(BUSY_PAUSES_S[:3])
+    monkeypatch.setattr(os, "write", Busy(1))
+    with pytest.raises(OSError, match="busy"):
+        kernel.write("proc/sys/kernel/numa_balancing", "0")  # EBUSY elsewhere means something else
+    monkeypatch.setattr(os, "write", Busy(len(BUSY_PAUSES_S) + 1))
+    pauses.clear()
+    with pytest.raises(OSError, match="busy"):
+        kernel.write(damon_state, "2")  # busy all along: the error stands after about a second
+    assert pauses == list(BUSY_PAUSES_S) and 0.5 < sum(BUSY_PAUSES_S) < 2

@@ -9,15 +9,27 @@ relative to the root, written the way they appear on a live system
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 _ID_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 # Largest id accepted in a kernel list such as "0-3,8"; larger ones are a typo, not a machine.
 MAX_LIST_ID = 1 << 16
+# DAMON's sysfs files answer EBUSY when their lock is held elsewhere (mm/damon/sysfs.c takes it with
+# mutex_trylock): every running kdamond takes it once an aggregation interval to look for a command meant for
+# it, and under TCG a vCPU preempted in that moment holds it for milliseconds (a hot-cold run failed at watch
+# on one). The kernel means "not now": a read or write there is tried again, pausing longer each time, for
+# about a second in all, before the error stands.
+DAMON_SYSFS = "sys/kernel/mm/damon/"
+BUSY_PAUSES_S = (0.001, 0.005, 0.02, 0.05, 0.1, 0.2, 0.3, 0.3)
+
+T = TypeVar("T")
 
 
 class Kernel:
@@ -33,8 +45,10 @@ class Kernel:
         return self.path(relative).exists()
 
     def read(self, relative: str) -> str:
-        with open(self.path(relative), encoding="utf-8", errors="replace") as file:
-            return file.read()
+        def once() -> str:
+            with open(self.path(relative), encoding="utf-8", errors="replace") as file:
+                return file.read()
+        return _again_if_busy(relative, once)
 
     def value(self, relative: str) -> str:
         """A one-value file, such as ``state`` or ``nodelist``, without its newline."""
@@ -49,12 +63,14 @@ class Kernel:
             os.close(fd)
 
     def write(self, relative: str, text: str) -> None:
-        # No O_CREAT: a kernel file that is missing is an error, in the fake tree too.
-        fd = os.open(self.path(relative), os.O_WRONLY | os.O_TRUNC)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
+        def once() -> None:
+            # No O_CREAT: a kernel file that is missing is an error, in the fake tree too.
+            fd = os.open(self.path(relative), os.O_WRONLY | os.O_TRUNC)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        _again_if_busy(relative, once)
 
     def listdir(self, relative: str) -> list[str]:
         return sorted(os.listdir(self.path(relative)))
@@ -81,6 +97,19 @@ class Kernel:
             yield
         finally:
             os.close(fd)
+
+
+def _again_if_busy(relative: str, action: Callable[[], T]) -> T:
+    """``action``'s result; under DAMON's sysfs, tried again while the kernel answers EBUSY (see BUSY_PAUSES_S)."""
+    pauses = iter(BUSY_PAUSES_S if relative.startswith(DAMON_SYSFS) else ())
+    while True:
+        try:
+            return action()
+        except OSError as error:
+            pause = next(pauses, None) if error.errno == errno.EBUSY else None
+            if pause is None:
+                raise
+            time.sleep(pause)
 
 
 def parse_id_list(text: str) -> list[int]:

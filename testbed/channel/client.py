@@ -17,7 +17,6 @@ import json
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -54,11 +53,6 @@ READER_POLL_S = 0.5  # how often the reader looks up from a quiet channel to see
 # Safe to send again after a reconnect: reads, and settings that end the same when applied twice.
 IDEMPOTENT_OPS = frozenset({"hello", "nodes", "vmstat", "observe", "watch", "unwatch", "place", "tiering",
                             "damos_stats"})
-# EBUSY is the guest kernel saying "not now": DAMON's sysfs answers it while another writer holds its lock,
-# and a smoke run met one at observe (its exact source there is not pinned down yet). An idempotent call
-# that meets it is asked again after a pause, a few times, before the error stands.
-BUSY_RETRIES = 3
-BUSY_PAUSE_S = 0.2
 CONTEXT_ARGS = ("pid", "node", "run", "id")  # named in error messages
 
 log = logging.getLogger(__name__)
@@ -266,12 +260,7 @@ class GuestClient:
     def call(self, op: str, args: JsonObject, timeout: float | None = None) -> ReplyFields:
         """Send one request and return its result; the typed methods below are built on this."""
         context = _context(op, args)
-        for attempt in range(BUSY_RETRIES + 1):
-            reply = self._request(op, args, timeout or self.timeout, context)
-            if op not in IDEMPOTENT_OPS or attempt == BUSY_RETRIES or not _busy(reply):
-                break
-            time.sleep(BUSY_PAUSE_S)
-        return _result(reply, op, context)
+        return _result(self._request(op, args, timeout or self.timeout, context), op, context)
 
     def _request(self, op: str, args: JsonObject, timeout: float, context: str) -> JsonObject:
         """One request's reply, reconnecting once if the channel dropped (and re-sending only an idempotent op)."""
@@ -431,11 +420,6 @@ def _context(op: str, args: JsonObject) -> str:
     """``observe pid 123`` / ``migrate pid 123 node 2``: what a message is about."""
     named = [f"{key} {args[key]}" for key in CONTEXT_ARGS if args.get(key) is not None]
     return " ".join([op, *named])
-
-
-def _busy(reply: JsonObject) -> bool:
-    error = reply.get("error")
-    return reply.get("ok") is not True and isinstance(error, dict) and error.get("code") == "EBUSY"
 
 
 def _result(reply: JsonObject, op: str, context: str) -> ReplyFields:
