@@ -53,7 +53,7 @@ from testbed.catalog import Catalog
 from testbed.hmat import expected_tier, hmat_targets, local_entry
 from testbed.memtouch import RegionLayout
 from testbed.model import MemoryNode, System
-from testbed.score import RunData, access_costs, run_data, score, score_run
+from testbed.score import RunData, run_data, score_data, score_run
 from testbed.timeline import EpochRecord, Timeline, read_timeline
 from testbed.units import MIB
 from testbed.validate import validate
@@ -309,7 +309,7 @@ def score_lines(run: RecordedRun, what_if: WhatIf) -> list[str]:
     """The what-if run's modeled memory time beside the recorded run's (testbed.score)."""
     throughput = run.experiment["migration"]["throughput"]
     data = what_if.result()
-    mine = score(data, access_costs(data, run.system), throughput)
+    mine = score_data(data, run.system, throughput)
     recorded = score_run(run.timeline, run.system, throughput)
     return [f"what if: modeled time {mine.modeled_time_s:.3f} s (access {mine.access_time_s:.3f} s, migration "
             f"{mine.migration_time_s:.3f} s, {mine.migrated_bytes / MIB:.0f} MiB moved; lower bound "

@@ -14,7 +14,7 @@ import numpy as np
 
 from testbed.model import System
 from testbed.rundir import Manifest, Run
-from testbed.score import BOUNDS, Oracle, placed_shares
+from testbed.score import BOUNDS, Oracle
 from testbed.timeline import RunStatus
 from testbed.units import MIB, format_bandwidth
 
@@ -131,7 +131,7 @@ def _oracle_note(system: System, best: Oracle, reference: Reference) -> str:
 def _beaten_notes(runs: list[Run], results: list[RunResult], reference: Reference, best: Oracle) -> list[str]:
     """Why a run scored below the oracle: it can only have started elsewhere or used more memory."""
     capacity = np.array(best.capacity_bytes, dtype=float)
-    start = placed_shares(reference.record.data, reference.record.costs)[0]
+    start = reference.record.shares[0]
     found = []
     for run, result in zip(runs, results, strict=True):
         modeled = result.metrics.modeled_time_s
@@ -139,7 +139,7 @@ def _beaten_notes(runs: list[Run], results: list[RunResult], reference: Referenc
                 or modeled >= best.modeled_time_s * (1 - 1e-6)):
             continue
         data = run.record.data
-        shares = placed_shares(data, run.record.costs)
+        shares = run.record.shares
         held = (shares * data.chunk_bytes[None, :, None]).sum(axis=1).max(axis=0)
         reasons = [f"it held up to {held[n] / MIB:.0f}MiB on node {n}, more than the oracle's "
                    f"{capacity[n] / MIB:.0f}MiB" for n in np.flatnonzero(held > capacity + MIB)]

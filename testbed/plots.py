@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from testbed.model import System
 from testbed.rundir import Run
-from testbed.score import ORACLE, ORACLE_UNBUDGETED, Array, Oracle, RunData, placed_shares
+from testbed.score import ORACLE, ORACLE_UNBUDGETED, Array, Oracle, RunData
 from testbed.summary import Reference, Summary
 from testbed.timeline import RunStatus
 from testbed.values import PolicyKind
@@ -44,7 +44,7 @@ def plot_inputs(runs: list[Run], reference: Reference | None, best: Oracle | str
     residency: dict[str, tuple[RunData, Array]] = {}
     for run in sorted(runs, key=lambda run: run.repeat):
         if run.record is not None and run.epochs and run.policy not in residency:
-            residency[run.policy] = (run.record.data, placed_shares(run.record.data, run.record.costs))
+            residency[run.policy] = (run.record.data, run.record.shares)
     if reference is None:
         return PlotInputs(residency, None, ())
     if isinstance(best, Oracle):

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from testbed.errors import ConfigError, ResultsUnwritable, UserError
 from testbed.model import HeldData, System
 from testbed.proc import run
 from testbed.render_qemu import QEMU_BINARY
-from testbed.score import Array, RunData, access_costs, run_data
+from testbed.score import Array, RunData, access_costs, placed_shares, run_data
 from testbed.timeline import RunStatus, Timeline, read_timeline
 from testbed.units import UnitError, parse_bandwidth
 
@@ -76,6 +77,11 @@ class Record:
     timeline: Timeline
     data: RunData
     costs: Array  # [k, c, n] seconds (testbed.score.access_costs)
+
+    @cached_property
+    def shares(self) -> Array:
+        """[k, c, n]: the residency the score charges (testbed.score.placed_shares), made once per run."""
+        return placed_shares(self.data, self.costs)
 
 
 @dataclass(frozen=True)

@@ -152,8 +152,9 @@ def placed_shares(data: RunData, costs: Array) -> Array:
     return np.where(data.sampled[..., None], data.residency, slowest)
 
 
-def score(data: RunData, costs: Array, throughput: float) -> Score:
-    shares = placed_shares(data, costs)
+def score(data: RunData, costs: Array, shares: Array, throughput: float) -> Score:
+    """The run's modeled time: ``costs`` ([k, c, n], testbed.score.access_costs) at the residency ``shares``
+    (:func:`placed_shares`)."""
     unsampled = np.argwhere(~data.sampled)
     region_starts = np.searchsorted(data.region_of, np.arange(data.region_of.max(initial=-1) + 1))
     return Score(
@@ -175,8 +176,9 @@ class Wear:
     # None also when nothing was written to them (worn_bytes says 0)
 
     @classmethod
-    def of(cls, data: RunData, costs: Array, system: System) -> Wear:
-        written = (data.writes[..., None] * placed_shares(data, costs)).sum(axis=(0, 1)) * LINE_BYTES
+    def of(cls, data: RunData, shares: Array, system: System) -> Wear:
+        """At the residency the score charges (``shares``, :func:`placed_shares`)."""
+        written = (data.writes[..., None] * shares).sum(axis=(0, 1)) * LINE_BYTES
         wearing = [node for node in system.nodes if node.device.endurance_writes]
         if not wearing:
             return cls(tuple(float(v) for v in written), None, None)
@@ -188,25 +190,30 @@ class Wear:
                    min(lives) if lives else None)
 
 
-def violation_byte_s(data: RunData, costs: Array, system: System, holds: Sequence[HeldData | None]) -> float | None:
+def violation_byte_s(data: RunData, shares: Array, system: System, holds: Sequence[HeldData | None]
+                     ) -> float | None:
     """Bytes × seconds that regions holding secrets or durable data (``holds``, per region) spent on memory that
-    may not hold them, by the residency the score charges; None when no region holds either."""
+    may not hold them, at the residency the score charges (``shares``); None when no region holds either."""
     if not any(holds):
         return None
     regions = int(data.region_of.max(initial=-1)) + 1
     if len(holds) != regions:
         raise TimelineError(f"the manifest says what {len(holds)} regions hold, the run has {regions}")
-    forbidden = np.zeros((len(holds), costs.shape[2]))
+    forbidden = np.zeros((len(holds), shares.shape[2]))
     for region, kind in enumerate(holds):
         for node in system.nodes:
             forbidden[region, node.id] = kind is not None and not node.device.may_hold(kind)
-    misplaced = (placed_shares(data, costs) * forbidden[data.region_of][None]).sum(axis=2)  # [k, c]
+    misplaced = (shares * forbidden[data.region_of][None]).sum(axis=2)  # [k, c]
     return float((misplaced * data.chunk_bytes).sum() * data.interval_s)
 
 
 def score_run(timeline: Timeline, system: System, throughput: float) -> Score:
-    data = run_data(timeline, len(system.nodes))
-    return score(data, access_costs(data, system), throughput)
+    return score_data(run_data(timeline, len(system.nodes)), system, throughput)
+
+
+def score_data(data: RunData, system: System, throughput: float) -> Score:
+    costs = access_costs(data, system)
+    return score(data, costs, placed_shares(data, costs), throughput)
 
 
 def lower_bound_s(costs: Array) -> float:

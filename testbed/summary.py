@@ -269,8 +269,8 @@ def _result(run: Run, system: System, holds: tuple[HeldData | None, ...], throug
     if run.record is None:
         return RunResult(run.path, run.policy, None, run.repeat, RunStatus.FAILED, run.error, Metrics(), {})
     timeline = run.record.timeline
-    measured = score(run.record.data, run.record.costs, throughput)
-    wear = Wear.of(run.record.data, run.record.costs, system)
+    measured = score(run.record.data, run.record.costs, run.record.shares, throughput)
+    wear = Wear.of(run.record.data, run.record.shares, system)
     decisions = [record.decision for record in timeline.epochs if record.decision is not None]
     metrics = Metrics(
         modeled_time_s=measured.modeled_time_s, access_time_s=measured.access_time_s,
@@ -282,7 +282,7 @@ def _result(run: Run, system: System, holds: tuple[HeldData | None, ...], throug
         ratio_to_lower_bound=_ratio(measured.modeled_time_s, measured.lower_bound_s),
         ratio_to_oracle=_ratio(measured.modeled_time_s, oracle_s) if measured.epochs == oracle_epochs else None,
         unsampled_chunks=len(measured.unsampled), worn_bytes=wear.worn_bytes, wear_life_years=wear.life_years,
-        violation_byte_s=violation_byte_s(run.record.data, run.record.costs, system, holds))
+        violation_byte_s=violation_byte_s(run.record.data, run.record.shares, system, holds))
     reason = None if run.status == RunStatus.OK else timeline.end.reason or "failed"
     return RunResult(run.path, run.policy, timeline.start.kind, run.repeat, run.status, reason, metrics,
                      dict(timeline.end.usage), dict(timeline.start.kernel), timeline.start.barrier,

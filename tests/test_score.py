@@ -19,6 +19,7 @@ from testbed.score import (
     access_costs,
     capacities,
     lower_bound_s,
+    placed_shares,
     run_data,
     score,
     score_run,
@@ -123,7 +124,7 @@ def test_costs_are_per_node_and_the_bound_takes_the_cheapest() -> None:
     costs = access_costs(data, system("dram-cxl"))
     assert costs[0, 0].tolist() == pytest.approx([5 * 80 * NS, 5 * 250 * NS])
     assert lower_bound_s(costs) == pytest.approx(5 * 80 * NS)
-    assert score(data, costs, 1e9).access_time_s == pytest.approx(5 * 80 * NS)  # on(0) by default
+    assert score(data, costs, placed_shares(data, costs), 1e9).access_time_s == pytest.approx(5 * 80 * NS)  # on(0)
 
 
 def test_a_run_with_no_epochs_scores_zero() -> None:
@@ -156,16 +157,17 @@ def test_wear_counts_a_line_per_write_on_the_node_that_held_it_and_the_life_it_l
     data = run_data(record, 2)
     costs = access_costs(data, plain)
     # writes: epoch 0 chunk 0 on DRAM (20); epoch 1 chunk 1 half on each node (50)
-    assert Wear.of(data, costs, plain) == Wear((45 * LINE_BYTES, 25 * LINE_BYTES), None, None)
+    assert Wear.of(data, placed_shares(data, costs), plain) == Wear((45 * LINE_BYTES, 25 * LINE_BYTES), None, None)
     cxl = plain.nodes[1]
     wearing = with_fields(plain, nodes=(plain.nodes[0], with_fields(cxl, device=with_fields(cxl.device,
                                                                                            endurance_writes=100))))
-    wear = Wear.of(data, costs, wearing)
+    wear = Wear.of(data, placed_shares(data, costs), wearing)
     assert wear.worn_bytes == 25 * LINE_BYTES
     # 3 one-second epochs wrote 25 lines; the node takes 100 times its size
     assert wear.life_years == pytest.approx(cxl.size * 100 / (25 * LINE_BYTES) * 3 / YEAR_S)
     unwritten = run_data(timeline(layout(2), [epoch(0, reads=[[1, 1]])], DRAM_CXL), 2)
-    assert Wear.of(unwritten, access_costs(unwritten, wearing), wearing) == Wear((0.0, 0.0), 0.0, None)
+    unwritten_shares = placed_shares(unwritten, access_costs(unwritten, wearing))
+    assert Wear.of(unwritten, unwritten_shares, wearing) == Wear((0.0, 0.0), 0.0, None)
 
 
 def test_constraints_count_the_bytes_and_seconds_a_region_spent_where_its_data_may_not_live() -> None:
@@ -176,12 +178,12 @@ def test_constraints_count_the_bytes_and_seconds_a_region_spent_where_its_data_m
         epoch(0, reads=[[1, 1], [1]], residency=[[on(0), on(1)], [on(1)]]),
         epoch(1, reads=[[1, 1], [1]], residency=[[on(0), split(n0=128, n1=384)], [on(0)]]),
     ], DRAM_CXL), 2)
-    costs = access_costs(data, pooled)
+    shares = placed_shares(data, access_costs(data, pooled))
     # r0 holds secrets: its second chunk (2 MiB) is on the exposed CXL pool for one epoch and three quarters of
     # the next; r1 holds a durable journal, and neither node keeps data without power: 2 MiB for both epochs.
-    assert violation_byte_s(data, costs, pooled, (HeldData.SECRETS, None)) == pytest.approx(1.75 * 2 * MIB)
-    assert violation_byte_s(data, costs, pooled, (None, HeldData.DURABLE)) == pytest.approx(2 * 2 * MIB)
-    assert violation_byte_s(data, costs, plain, (HeldData.SECRETS, None)) == 0  # nothing is exposed there
-    assert violation_byte_s(data, costs, pooled, (None, None)) is None
+    assert violation_byte_s(data, shares, pooled, (HeldData.SECRETS, None)) == pytest.approx(1.75 * 2 * MIB)
+    assert violation_byte_s(data, shares, pooled, (None, HeldData.DURABLE)) == pytest.approx(2 * 2 * MIB)
+    assert violation_byte_s(data, shares, plain, (HeldData.SECRETS, None)) == 0  # nothing is exposed there
+    assert violation_byte_s(data, shares, pooled, (None, None)) is None
     with pytest.raises(TimelineError, match="what 1 regions hold, the run has 2"):
-        violation_byte_s(data, costs, pooled, (HeldData.SECRETS,))
+        violation_byte_s(data, shares, pooled, (HeldData.SECRETS,))
