@@ -112,9 +112,10 @@ def allowed_nodes(profiles: Mapping[int, DeviceProfile]) -> dict[HeldData, froze
             HeldData.DURABLE: frozenset(n for n, p in profiles.items() if p.keeps_data_without_power)}
 
 
-def settle_holdings(held: Mapping[str, HeldData], profiles: Mapping[int, DeviceProfile]) -> Holdings:
+def settle_holdings(held: Mapping[str, HeldData], profiles: Mapping[int, DeviceProfile],
+                    problems: Sequence[Problem] = ()) -> Holdings:
     """Confine each buffer to the nodes that may hold what it holds, unless the texts leave it nowhere to go
-    or put no limit on it (no text says anything of the kind)."""
+    or put no limit on it (no text says anything of the kind); ``problems`` are the answer's, kept."""
     allowed = allowed_nodes(profiles)
     confined: dict[str, tuple[frozenset[int], str]] = {}
     notes: list[str] = []
@@ -126,7 +127,7 @@ def settle_holdings(held: Mapping[str, HeldData], profiles: Mapping[int, DeviceP
             confined[name] = (nodes, REASONS[kind])
             notes.append(f"{name} holds {kind.value}: confined to node{'s' if len(nodes) > 1 else ''} "
                          f"{', '.join(map(str, sorted(nodes)))}")
-    return Holdings(confined, tuple(notes), ())
+    return Holdings(confined, tuple(notes), tuple(problems))
 
 
 def ask_holdings(client: LlmClient, hints: Sequence[RegionHint], profiles: Mapping[int, DeviceProfile]) -> Holdings:
@@ -139,5 +140,4 @@ def ask_holdings(client: LlmClient, hints: Sequence[RegionHint], profiles: Mappi
     except LlmAnswerError as error:
         return Holdings({}, (), (Problem("answer", str(error)),))
     held, problems = read_holdings(answer, hints)
-    settled = settle_holdings(held, profiles)
-    return Holdings(settled.confined, settled.notes, tuple(problems))
+    return settle_holdings(held, profiles, problems)
