@@ -5,10 +5,10 @@ Two readings meet here. The device texts say whether others can read a memory
 keeps its data without power: the frontend's profile (``readable_by_others``,
 ``keeps_data_without_power``). The program's notes on its buffers (hints) say
 what each holds: one question to the LLM, each answer backed by a quote of the
-buffer's own note. Code then confines each such buffer to the nodes that may
-hold it, as hard limits for the backend (:class:`policies.backend.Confinement`).
-A text-blind twin has no device texts, so it learns no node's constraints and
-confines nothing.
+buffer's own note that a narrow second question judges to say so. Code then
+confines each such buffer to the nodes that may hold it, as hard limits for the
+backend (:class:`policies.backend.Confinement`). A text-blind twin has no
+device texts, so it learns no node's constraints and confines nothing.
 """
 
 from __future__ import annotations
@@ -18,17 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.backend import Confinement
-from policies.device_profile import QUOTE_LIMIT, DeviceProfile, Problem, quoted
+from policies.device_profile import QUOTE_LIMIT, DeviceProfile, Judge, Problem, quoted
+from policies.frontend import QuoteJudge
 from policies.llm_client import JsonObject, LlmAnswerError, LlmClient, Message, data_block
 from testbed.model import HeldData
 from testbed.values import BufferRange, RegionHint
 
 SCHEMA_NAME = "buffer_holdings"
 NEITHER = "neither"
-# A quote that backs an answer must use a word of its topic, as the profile's yes/no answers must.
-TOPIC_WORDS: Mapping[HeldData, tuple[str, ...]] = {
-    HeldData.SECRETS: ("secret", "key", "credential", "password", "token", "private", "certificate", "session"),
-    HeldData.DURABLE: ("journal", "durab", "power", "crash", "persist", "commit", "survive", "write-ahead"),
+# What a quote must state for its answer to stand, judged by meaning as the profile's yes answers are
+# (policies.frontend.QuoteJudge).
+CLAIMS: Mapping[HeldData, str] = {
+    HeldData.SECRETS: "the buffer holds secrets: keys, credentials or private data that others must not read",
+    HeldData.DURABLE: "what the buffer holds must survive a crash or a loss of power",
 }
 REASONS: Mapping[HeldData, str] = {HeldData.SECRETS: "secrets: kept off memory others can read",
                                    HeldData.DURABLE: "durable data: kept on memory that survives power loss"}
@@ -78,8 +80,10 @@ def holdings_prompt(hints: Sequence[RegionHint]) -> list[Message]:
             Message("user", "\n\n".join([*blocks, "Answer with the JSON object: one entry per buffer, by name."]))]
 
 
-def read_holdings(answer: Mapping[str, Any], hints: Sequence[RegionHint]) -> tuple[dict[str, HeldData], list[Problem]]:
-    """Each buffer the answer says holds secrets or durable data, where its quote is in its note and about it."""
+def read_holdings(answer: Mapping[str, Any], hints: Sequence[RegionHint], judge: Judge
+                  ) -> tuple[dict[str, HeldData], list[Problem]]:
+    """Each buffer the answer says holds secrets or durable data, where its quote is in its note and ``judge``
+    says it states so."""
     items = answer.get("buffers")
     if not isinstance(items, list):
         return {}, [Problem("buffers", f"expected a list, got {items!r:.60}")]
@@ -97,8 +101,9 @@ def read_holdings(answer: Mapping[str, Any], hints: Sequence[RegionHint]) -> tup
             kind = HeldData(item["holds"])
             if not quoted(item["quote"], (notes[item["buffer"]],)):
                 problems.append(Problem(field, f"the quote is not in {item['buffer']}'s note: {item['quote']!r:.60}"))
-            elif not any(word in item["quote"].casefold() for word in TOPIC_WORDS[kind]):
-                problems.append(Problem(field, f"the quote does not say {item['buffer']} holds {kind.value}: "
+            elif (states := judge(item["quote"], CLAIMS[kind])) is not True:
+                failure = "the check of the quote failed" if states is None else "the quote does not say"
+                problems.append(Problem(field, f"{failure} {item['buffer']} holds {kind.value}: "
                                                f"{item['quote']!r:.60}"))
             elif item["buffer"] not in held:
                 held[item["buffer"]] = kind
@@ -139,5 +144,5 @@ def ask_holdings(client: LlmClient, hints: Sequence[RegionHint], profiles: Mappi
         answer = client.ask_json(holdings_prompt(hints), holdings_schema([h.name for h in hints]), SCHEMA_NAME).value
     except LlmAnswerError as error:
         return Holdings({}, (), (Problem("answer", str(error)),))
-    held, problems = read_holdings(answer, hints)
+    held, problems = read_holdings(answer, hints, QuoteJudge(client, None))
     return settle_holdings(held, profiles, problems)

@@ -100,15 +100,21 @@ FREQUENCY_KEY = "latency_depends_on_access_frequency"
 WEAR_KEY = "wears_out_with_writes"
 EXPOSED_KEY = "readable_by_others"
 PERSISTENT_KEY = "keeps_data_without_power"
-# A quote that backs a yes must use a word of the question's topic (see _Evidence.answer).
-FREQUENCY_WORDS = ("often", "frequen", "repeat", "again")
-WEAR_WORDS = ("wear", "endur", "write cycle", "lifetime", "lifespan")
-EXPOSED_WORDS = ("share", "other host", "tenant", "encrypt", "pool", "readable", "snoop", "visible", "expose")
-PERSISTENT_WORDS = ("power", "persist", "volatile", "retain", "survive", "durable", "reboot")
-# (profile field, answer key, topic words) of every yes/no question.
-YES_NO = (("frequency_dependent_latency", FREQUENCY_KEY, FREQUENCY_WORDS), ("wears_out", WEAR_KEY, WEAR_WORDS),
-          ("readable_by_others", EXPOSED_KEY, EXPOSED_WORDS),
-          ("keeps_data_without_power", PERSISTENT_KEY, PERSISTENT_WORDS))
+# What a quote must state for a yes to stand, one claim per yes/no question: a second, narrow question
+# about the quote (policies.frontend.QuoteJudge) judges it by meaning, whatever words the text uses.
+CLAIMS = {
+    FREQUENCY_KEY: "how fast the memory answers depends on how often or how recently the data was used: data "
+                   "used often is served faster than data used rarely",
+    WEAR_KEY: "the memory medium wears out as it is written: it lasts only a limited number of writes",
+    EXPOSED_KEY: "others can read what this memory holds: it is shared with other hosts or tenants, or its "
+                 "contents or its link are not encrypted",
+    PERSISTENT_KEY: "the memory keeps what it holds when the power is lost",
+}
+# (profile field, answer key) of every yes/no question.
+YES_NO = (("frequency_dependent_latency", FREQUENCY_KEY), ("wears_out", WEAR_KEY),
+          ("readable_by_others", EXPOSED_KEY), ("keeps_data_without_power", PERSISTENT_KEY))
+# Whether a quote states a claim (None: the judgement failed).
+Judge = Callable[[str, str], bool | None]
 
 
 def _quantity_schema(units: Mapping[str, float]) -> JsonObject:
@@ -144,7 +150,7 @@ def _suits_schema() -> JsonObject:
 def profile_schema() -> JsonObject:
     return _object_schema({
         **{q.key: _quantity_schema(q.scale) for q in QUANTITIES},
-        **{key: _quoted_answer_schema() for _, key, _ in YES_NO},
+        **{key: _quoted_answer_schema() for _, key in YES_NO},
         "suits": _suits_schema(),
         "rationale": _text_schema(RATIONALE_LIMIT),
     })
@@ -177,22 +183,23 @@ def validate_frequency_answer(profile: DeviceProfile,
 # --- validation -------------------------------------------------------------------------------
 
 
-def validate_answer(name: str, answer: Mapping[str, Any],
-                    texts: tuple[str, ...]) -> tuple[DeviceProfile, tuple[Problem, ...]]:
-    """Turn an answer into a profile; each field that fails a check is left out and reported."""
+def validate_answer(name: str, answer: Mapping[str, Any], texts: tuple[str, ...],
+                    judge: Judge) -> tuple[DeviceProfile, tuple[Problem, ...]]:
+    """Turn an answer into a profile; each field that fails a check is left out and reported. ``judge`` says
+    whether the quote behind a yes states what the question asks."""
     problems: list[Problem] = []
     values: dict[str, Any] = {}
     for quantity in QUANTITIES:
         values[quantity.field] = _checked(problems, quantity.key, _quantity, answer.get(quantity.key), quantity)
-    evidence = _Evidence(texts)
-    for field, key, topic in YES_NO:
-        values[field] = _checked(problems, key, evidence.answer, problems, key, answer.get(key), topic)
+    evidence = _Evidence(texts, judge)
+    for field, key in YES_NO:
+        values[field] = _checked(problems, key, evidence.answer, problems, key, answer.get(key))
     values["suits"] = _suits(problems, answer.get("suits"), evidence)
     rationale = answer.get("rationale")
     values["rationale"] = " ".join(rationale.split())[:RATIONALE_LIMIT] if isinstance(rationale, str) else ""
     if values["capacity"] is not None:
         values["capacity"] = round(values["capacity"])  # whole bytes, like the system model
-    known = {q.key for q in QUANTITIES} | {key for _, key, _ in YES_NO} | {"suits", "rationale"}
+    known = {q.key for q in QUANTITIES} | {key for _, key in YES_NO} | {"suits", "rationale"}
     unexpected = sorted(set(answer) - known)
     problems += [Problem(key, "not a field of the profile: ignored") for key in unexpected]
     return DeviceProfile(device=name, **values), tuple(problems)
@@ -230,12 +237,13 @@ def _quantity(value: object, quantity: Quantity) -> float:
 class _Evidence:
     """The texts the model read, to check that its quotes are really there."""
 
-    def __init__(self, texts: tuple[str, ...]) -> None:
+    def __init__(self, texts: tuple[str, ...], judge: Judge) -> None:
         self._texts = texts  # ``quoted`` normalises them
+        self._judge = judge
 
-    def answer(self, problems: list[Problem], field: str, value: object, topic: tuple[str, ...]) -> bool:
+    def answer(self, problems: list[Problem], field: str, value: object) -> bool:
         """A yes/no answer backed by its quote. A feature the text does not state is taken as absent:
-        "not mentioned", or a quote about something else ("reads are fast-ish"), means no."""
+        "not mentioned", or a quote that does not state it ("reads are fast-ish"), means no."""
         quote, answer = _pair(value, "quote", str, "answer", bool)
         spoken = _normalised(quote)
         if spoken in ("", NOT_MENTIONED):
@@ -243,10 +251,14 @@ class _Evidence:
                 raise _FieldError("answers yes without quoting the text")
             return False
         self._require_in_text(quote)
-        if answer and not any(word in spoken for word in topic):
-            problems.append(Problem(field, f"answers yes, but the quote is not about it, so no: {_short(quote)}"))
+        if not answer:
             return False
-        return bool(answer)
+        states = self._judge(quote, CLAIMS[field])
+        if states is None:
+            raise _FieldError(f"answers yes, and the check of its quote failed: {_short(quote)}")
+        if not states:
+            problems.append(Problem(field, f"answers yes, but the quote does not say so, so no: {_short(quote)}"))
+        return states
 
     def suited_kind(self, value: object) -> DataKind:
         quote, kind = _pair(value, "quote", str, "kind", str)

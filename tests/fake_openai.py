@@ -8,21 +8,30 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from policies.frontend import JUDGE_PROMPT
 from policies.llm_client import JsonMode, LlmClient, LlmSettings, OpenAiTransport, Transcript
 
 
 class FakeOpenAi:
-    """Answers each chat completion with the next scripted text (the last one repeats)."""
+    """Answers each chat completion with the next scripted text (the last one repeats).
 
-    def __init__(self, *answers: str, status: int = 200) -> None:
+    The frontend's narrow question about a quote (policies.frontend.QuoteJudge) is answered apart, by
+    ``states_claim`` on the question's user message (by default: yes, the quote states it), and recorded in
+    ``judged`` rather than ``requests``."""
+
+    def __init__(self, *answers: str, status: int = 200, states_claim: Callable[[str], bool] = lambda _: True
+                 ) -> None:
         self.answers = list(answers) or ["{}"]
         self.status = status
+        self.states_claim = states_claim
         self.requests: list[dict[str, Any]] = []
+        self.judged: list[dict[str, Any]] = []
         self._server = HTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -54,11 +63,13 @@ class FakeOpenAi:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append(body)
+                judging = body["messages"][0]["content"] == JUDGE_PROMPT
+                (fake.judged if judging else fake.requests).append(body)
                 if fake.status != 200:
                     self._send(fake.status, {"error": {"message": "scripted failure", "type": "server_error"}})
                     return
-                content = fake._next_answer()
+                content = (json.dumps({"states_claim": fake.states_claim(body["messages"][1]["content"])})
+                           if judging else fake._next_answer())
                 self._send(200, {
                     "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",

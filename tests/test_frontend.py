@@ -10,6 +10,7 @@ import pytest
 from fake_openai import FakeOpenAi
 
 from policies.device_profile import (
+    CLAIMS,
     EXPOSED_KEY,
     FREQUENCY_KEY,
     PERSISTENT_KEY,
@@ -46,8 +47,17 @@ def good_answer(**changes: Any) -> dict[str, Any]:
     return {**answer, **changes}
 
 
+# What the narrow question about a quote would answer here: these quotes state their claims, others do not.
+STATING = {("the media wears out with writes.", CLAIMS[WEAR_KEY]), ("the media\n  wears out", CLAIMS[WEAR_KEY]),
+           ("persistent memory", CLAIMS[PERSISTENT_KEY])}
+
+
+def judge(quote: str, claim: str) -> bool | None:
+    return (quote.casefold(), claim) in STATING
+
+
 def validate(answer: dict[str, Any]) -> tuple[DeviceProfile, dict[str, str]]:
-    profile, problems = validate_answer("pmem", answer, (DESCRIPTION, MACHINE))
+    profile, problems = validate_answer("pmem", answer, (DESCRIPTION, MACHINE), judge)
     return profile, dict(problems)
 
 
@@ -117,10 +127,36 @@ def test_yes_without_a_quote_is_dropped() -> None:
     assert profile.wears_out is None and "without quoting" in problems[WEAR_KEY]
 
 
-def test_yes_backed_by_a_quote_about_something_else_means_no() -> None:
+def test_yes_backed_by_a_quote_that_does_not_say_so_means_no() -> None:
     answer = good_answer(**{FREQUENCY_KEY: {"quote": "Reads take about 300 ns", "answer": True}})
     profile, problems = validate(answer)
-    assert profile.frequency_dependent_latency is False and "not about it" in problems[FREQUENCY_KEY]
+    assert profile.frequency_dependent_latency is False and "does not say so" in problems[FREQUENCY_KEY]
+
+
+def test_a_no_is_taken_without_asking_and_a_failed_judgement_drops_the_yes() -> None:
+    asked: list[str] = []
+
+    def failing(quote: str, claim: str) -> bool | None:
+        asked.append(quote)
+        return None
+    answer = good_answer(**{FREQUENCY_KEY: {"quote": "Reads take about 300 ns", "answer": False}})
+    profile, problems = validate_answer("pmem", answer, (DESCRIPTION, MACHINE), failing)
+    assert asked == ["The media wears out with writes."]  # only the yes is judged
+    assert profile.frequency_dependent_latency is False
+    assert profile.wears_out is None and "check of its quote failed" in dict(problems)[WEAR_KEY]
+
+
+def test_each_yes_is_judged_once_through_the_client_and_cached(tmp_path: Path) -> None:
+    cache = ProfileCache(tmp_path)
+    answer = good_answer(**{PERSISTENT_KEY: {"quote": "Persistent memory", "answer": True}})
+    with FakeOpenAi(json.dumps(answer), states_claim=lambda question: "wears out" in question) as fake:
+        first = profile_device(fake.client(), "pmem", DESCRIPTION, MACHINE, cache)
+        again = profile_device(fake.client(), "pmem", DESCRIPTION, MACHINE, cache)
+    assert len(fake.judged) == 2 and len(fake.requests) == 1  # two yeses, asked once each
+    judged = fake.judged[0]["messages"][1]["content"]
+    assert "<<<BEGIN QUOTATION" in judged and CLAIMS[WEAR_KEY] in judged
+    assert (first.profile.wears_out, first.profile.keeps_data_without_power) == (True, False)
+    assert again.profile == first.profile and (first.cached, again.cached) == (False, True)
 
 
 def test_a_boolean_of_the_wrong_type_is_dropped() -> None:
