@@ -1,7 +1,7 @@
 """With the real embedded LLM: the plumbing on SmolLM2-135M, one device and one program's buffers read by
 Qwen2.5-Coder-1.5B.
 
-Each real call costs 5-40 s on two shared cores, so there are only three.
+Each real call costs 2-40 s on two shared cores (a judgement of one quote is the cheapest), so there are few.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from policies.constraints import ask_holdings
-from policies.device_profile import DeviceProfile
-from policies.frontend import profile_device
+from policies.device_profile import CLAIMS, FREQUENCY_KEY, WEAR_KEY, DeviceProfile
+from policies.frontend import QuoteJudge, profile_device
 from policies.llm_client import LlmClient, LlmSettings, Message, OpenAiTransport, Transcript
 from testbed.catalog import default_catalog
 from testbed.llm_server import running_server
@@ -70,3 +70,14 @@ def test_qwen_reads_which_buffer_holds_secrets(qwen_url: str, tmp_path: Path) ->
     holdings = ask_holdings(_client("qwen1.5b", qwen_url, tmp_path), hints, profiles)
     assert set(holdings.confined) == {"keys"}, (holdings.notes, holdings.problems)
     assert holdings.confined["keys"][0] == {0}
+
+
+@pytest.mark.parametrize(("quote", "key", "states"), [
+    ("Pages touched many times a second come back several times faster than the rest", FREQUENCY_KEY, True),
+    ("Trusted by the world's largest data centres", FREQUENCY_KEY, False),  # praise
+    ("Each cell takes only so many writes before it fails", WEAR_KEY, True),
+    ("Unlike flash, nothing in it wears out", WEAR_KEY, False),  # the claim, denied
+])
+def test_qwen_judges_whether_a_quote_states_a_claim_by_meaning(qwen_url: str, tmp_path: Path, quote: str, key: str,
+                                                               states: bool) -> None:
+    assert QuoteJudge(_client("qwen1.5b", qwen_url, tmp_path), None)(quote, CLAIMS[key]) is states
