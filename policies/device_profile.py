@@ -110,11 +110,22 @@ CLAIMS = {
                  "contents or its link are not encrypted",
     PERSISTENT_KEY: "the memory keeps what it holds when the power is lost",
 }
+# The same, asked as a question, for a second look at the device text (a claim there is copied as evidence).
+QUESTIONS = {
+    FREQUENCY_KEY: "Does how fast the memory answers depend on how often the data is used?",
+    WEAR_KEY: "Does the memory medium wear out as it is written?",
+    EXPOSED_KEY: "Can others (other hosts or tenants, or anyone on its link) read what the memory holds?",
+    PERSISTENT_KEY: "Does the memory keep what it holds when the power is lost?",
+}
+SENTENCE_ENDS = (". ", "! ", "? ", "; ")
 # (profile field, answer key) of every yes/no question.
 YES_NO = (("frequency_dependent_latency", FREQUENCY_KEY), ("wears_out", WEAR_KEY),
           ("readable_by_others", EXPOSED_KEY), ("keeps_data_without_power", PERSISTENT_KEY))
 # Whether a quote states a claim (None: the judgement failed).
 Judge = Callable[[str, str], bool | None]
+# The words of the device text that answer a question (QUESTIONS), asked on a second look (NOT_MENTIONED if none
+# do; None: the question failed).
+Finder = Callable[[str], str | None]
 
 
 def _quantity_schema(units: Mapping[str, float]) -> JsonObject:
@@ -183,15 +194,16 @@ def validate_frequency_answer(profile: DeviceProfile,
 # --- validation -------------------------------------------------------------------------------
 
 
-def validate_answer(name: str, answer: Mapping[str, Any], texts: tuple[str, ...],
-                    judge: Judge) -> tuple[DeviceProfile, tuple[Problem, ...]]:
+def validate_answer(name: str, answer: Mapping[str, Any], texts: tuple[str, ...], judge: Judge,
+                    find: Finder) -> tuple[DeviceProfile, tuple[Problem, ...]]:
     """Turn an answer into a profile; each field that fails a check is left out and reported. ``judge`` says
-    whether the quote behind a yes states what the question asks."""
+    whether the quote behind a yes states what the question asks; where it does not, or the quote is not in
+    the text, ``find`` takes a second look for words that do."""
     problems: list[Problem] = []
     values: dict[str, Any] = {}
     for quantity in QUANTITIES:
         values[quantity.field] = _checked(problems, quantity.key, _quantity, answer.get(quantity.key), quantity)
-    evidence = _Evidence(texts, judge)
+    evidence = _Evidence(texts, judge, find)
     for field, key in YES_NO:
         values[field] = _checked(problems, key, evidence.answer, problems, key, answer.get(key))
     values["suits"] = _suits(problems, answer.get("suits"), evidence)
@@ -237,28 +249,38 @@ def _quantity(value: object, quantity: Quantity) -> float:
 class _Evidence:
     """The texts the model read, to check that its quotes are really there."""
 
-    def __init__(self, texts: tuple[str, ...], judge: Judge) -> None:
+    def __init__(self, texts: tuple[str, ...], judge: Judge, find: Finder) -> None:
         self._texts = texts  # ``quoted`` normalises them
         self._judge = judge
+        self._find = find
 
     def answer(self, problems: list[Problem], field: str, value: object) -> bool:
         """A yes/no answer backed by its quote. A feature the text does not state is taken as absent:
-        "not mentioned", or a quote that does not state it ("reads are fast-ish"), means no."""
+        "not mentioned", or a quote that does not state it ("reads are fast-ish"), means no, unless a second
+        look finds words of the text that do (a small model often quotes the right words for the wrong
+        question, or writes its answer where the quote belongs)."""
         quote, answer = _pair(value, "quote", str, "answer", bool)
         spoken = _normalised(quote)
-        if spoken in ("", NOT_MENTIONED):
-            if answer:
-                raise _FieldError("answers yes without quoting the text")
-            return False
-        self._require_in_text(quote)
         if not answer:
+            if spoken not in ("", NOT_MENTIONED):
+                self._require_in_text(quote)
             return False
-        states = self._judge(quote, CLAIMS[field])
+        claim = CLAIMS[field]
+        if spoken not in ("", NOT_MENTIONED) and (sentence := self._sentence(quote)) and self._judge(sentence, claim):
+            return True
+        again = self._find(QUESTIONS[field])
+        if again is None:
+            raise _FieldError(f"answers yes on {_short(quote)}, which does not say so, and a second look failed")
+        if _normalised(again) in ("", NOT_MENTIONED):
+            problems.append(Problem(field, f"answers yes, but its quote does not say so and a second look finds "
+                                           f"nothing, so no: {_short(quote)}"))
+            return False
+        states = bool(sentence := self._sentence(again)) and self._judge(sentence, claim)
         if states is None:
-            raise _FieldError(f"answers yes, and the check of its quote failed: {_short(quote)}")
-        if not states:
-            problems.append(Problem(field, f"answers yes, but the quote does not say so, so no: {_short(quote)}"))
-        return states
+            raise _FieldError(f"answers yes, and the check of the quote {_short(again)} failed")
+        problems.append(Problem(field, f"its quote {_short(quote)} does not say so; a second look "
+                                       f"{'finds' if states else 'finds no words that do, so no'}: {_short(again)}"))
+        return bool(states)
 
     def suited_kind(self, value: object) -> DataKind:
         quote, kind = _pair(value, "quote", str, "kind", str)
@@ -266,6 +288,18 @@ class _Evidence:
             raise _FieldError(f"unknown kind of data {_short(kind)}")
         self._require_in_text(quote)
         return DataKind(kind)
+
+    def _sentence(self, quote: str) -> str:
+        """The sentence of the texts that holds ``quote`` (normalised), or "" if none does: a quote is often a
+        fragment ("a page that is accessed again and again"), and only its sentence says what it means."""
+        spoken = _normalised(quote)
+        for text in map(_normalised, self._texts):
+            at = text.find(spoken) if spoken else -1
+            if at >= 0:
+                starts = [found + len(mark) for mark in SENTENCE_ENDS if (found := text.rfind(mark, 0, at)) >= 0]
+                ends = [found for mark in SENTENCE_ENDS if (found := text.find(mark, at + len(spoken))) >= 0]
+                return text[max(starts, default=0):min(ends, default=len(text))]
+        return ""
 
     def _require_in_text(self, quote: str) -> None:
         if not quoted(quote, self._texts):

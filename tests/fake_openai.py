@@ -14,22 +14,25 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from policies.frontend import JUDGE_PROMPT
+from policies.device_profile import NOT_MENTIONED
+from policies.frontend import FIND_PROMPT, JUDGE_PROMPT
 from policies.llm_client import JsonMode, LlmClient, LlmSettings, OpenAiTransport, Transcript
 
 
 class FakeOpenAi:
     """Answers each chat completion with the next scripted text (the last one repeats).
 
-    The frontend's narrow question about a quote (policies.frontend.QuoteJudge) is answered apart, by
-    ``states_claim`` on the question's user message (by default: yes, the quote states it), and recorded in
-    ``judged`` rather than ``requests``."""
+    The frontend's narrow questions about quotes are answered apart and recorded in ``judged`` rather than
+    ``requests``: whether a quote states a claim (policies.frontend.QuoteJudge) by ``states_claim`` on the
+    question's user message (by default: yes), and a second look for words that state one (QuoteFinder) by
+    ``finds`` (by default: nothing)."""
 
-    def __init__(self, *answers: str, status: int = 200, states_claim: Callable[[str], bool] = lambda _: True
-                 ) -> None:
+    def __init__(self, *answers: str, status: int = 200, states_claim: Callable[[str], bool] = lambda _: True,
+                 finds: Callable[[str], str] = lambda _: NOT_MENTIONED) -> None:
         self.answers = list(answers) or ["{}"]
         self.status = status
         self.states_claim = states_claim
+        self.finds = finds
         self.requests: list[dict[str, Any]] = []
         self.judged: list[dict[str, Any]] = []
         self._server = HTTPServer(("127.0.0.1", 0), self._handler())
@@ -63,13 +66,18 @@ class FakeOpenAi:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                judging = body["messages"][0]["content"] == JUDGE_PROMPT
-                (fake.judged if judging else fake.requests).append(body)
+                system, question = (message["content"] for message in body["messages"][:2])
+                narrow = system in (JUDGE_PROMPT, FIND_PROMPT)
+                (fake.judged if narrow else fake.requests).append(body)
                 if fake.status != 200:
                     self._send(fake.status, {"error": {"message": "scripted failure", "type": "server_error"}})
                     return
-                content = (json.dumps({"states_claim": fake.states_claim(body["messages"][1]["content"])})
-                           if judging else fake._next_answer())
+                if system == JUDGE_PROMPT:
+                    content = json.dumps({"states_claim": fake.states_claim(question)})
+                elif system == FIND_PROMPT:
+                    content = json.dumps({"quote": fake.finds(question)})
+                else:
+                    content = fake._next_answer()
                 self._send(200, {
                     "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",

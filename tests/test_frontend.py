@@ -13,7 +13,9 @@ from policies.device_profile import (
     CLAIMS,
     EXPOSED_KEY,
     FREQUENCY_KEY,
+    NOT_MENTIONED,
     PERSISTENT_KEY,
+    QUESTIONS,
     WEAR_KEY,
     DataKind,
     DeviceProfile,
@@ -48,16 +50,23 @@ def good_answer(**changes: Any) -> dict[str, Any]:
 
 
 # What the narrow question about a quote would answer here: these quotes state their claims, others do not.
-STATING = {("the media wears out with writes.", CLAIMS[WEAR_KEY]), ("the media\n  wears out", CLAIMS[WEAR_KEY]),
-           ("persistent memory", CLAIMS[PERSISTENT_KEY])}
+# (The judge is shown the quote's whole sentence, normalised.)
+STATING = {("the media wears out with writes", CLAIMS[WEAR_KEY]), ("persistent memory", CLAIMS[PERSISTENT_KEY])}
+JUDGED: list[str] = []
 
 
-def judge(quote: str, claim: str) -> bool | None:
-    return (quote.casefold(), claim) in STATING
+def judge(sentence: str, claim: str) -> bool | None:
+    JUDGED.append(sentence)
+    return (sentence, claim) in STATING
+
+
+def find(question: str) -> str | None:
+    """The second look: the words of DESCRIPTION that answer each question it answers."""
+    return {QUESTIONS[WEAR_KEY]: "The media wears out with writes."}.get(question, NOT_MENTIONED)
 
 
 def validate(answer: dict[str, Any]) -> tuple[DeviceProfile, dict[str, str]]:
-    profile, problems = validate_answer("pmem", answer, (DESCRIPTION, MACHINE), judge)
+    profile, problems = validate_answer("pmem", answer, (DESCRIPTION, MACHINE), judge, find)
     return profile, dict(problems)
 
 
@@ -102,13 +111,23 @@ def test_a_missing_field_is_reported() -> None:
 
 
 def test_a_quote_must_really_be_in_the_text() -> None:
-    profile, problems = validate(good_answer(**{WEAR_KEY: {"quote": "the cells degrade", "answer": True}}))
-    assert profile.wears_out is None and "not in the text" in problems[WEAR_KEY]
+    profile, problems = validate(good_answer(**{PERSISTENT_KEY: {"quote": "the cells keep data", "answer": True}}))
+    assert profile.keeps_data_without_power is False and "second look finds nothing" in problems[PERSISTENT_KEY]
+    profile, problems = validate(good_answer(**{EXPOSED_KEY: {"quote": "shared by all", "answer": False}}))
+    assert profile.readable_by_others is None and "not in the text" in problems[EXPOSED_KEY]
 
 
-def test_quotes_match_regardless_of_case_and_spacing() -> None:
+@pytest.mark.parametrize("misplaced", ["yes", "Large, read-mostly or cold data is what it is for."])
+def test_a_yes_on_the_wrong_words_gets_a_second_look_that_can_find_the_right_ones(misplaced: str) -> None:
+    profile, problems = validate(good_answer(**{WEAR_KEY: {"quote": misplaced, "answer": True}}))
+    assert profile.wears_out is True and "a second look finds: 'The media wears out" in problems[WEAR_KEY]
+
+
+def test_quotes_match_regardless_of_case_and_spacing_and_are_judged_by_their_sentence() -> None:
+    JUDGED.clear()
     profile, problems = validate(good_answer(**{WEAR_KEY: {"quote": "the MEDIA\n  wears out", "answer": True}}))
     assert profile.wears_out is True and problems == {}
+    assert JUDGED == ["the media wears out with writes"]
 
 
 @pytest.mark.parametrize(("key", "field", "quote", "expected"), [
@@ -122,9 +141,11 @@ def test_constraints_a_text_states_are_yes_only_with_a_quote_about_them(key: str
     assert getattr(profile, field) is expected
 
 
-def test_yes_without_a_quote_is_dropped() -> None:
-    profile, problems = validate(good_answer(**{WEAR_KEY: {"quote": "not mentioned", "answer": True}}))
-    assert profile.wears_out is None and "without quoting" in problems[WEAR_KEY]
+def test_a_yes_without_a_quote_stands_only_if_a_second_look_finds_one() -> None:
+    profile, problems = validate(good_answer(**{FREQUENCY_KEY: {"quote": "not mentioned", "answer": True}}))
+    assert profile.frequency_dependent_latency is False and "finds nothing" in problems[FREQUENCY_KEY]
+    profile, _ = validate(good_answer(**{WEAR_KEY: {"quote": "not mentioned", "answer": True}}))
+    assert profile.wears_out is True
 
 
 def test_yes_backed_by_a_quote_that_does_not_say_so_means_no() -> None:
@@ -140,10 +161,13 @@ def test_a_no_is_taken_without_asking_and_a_failed_judgement_drops_the_yes() -> 
         asked.append(quote)
         return None
     answer = good_answer(**{FREQUENCY_KEY: {"quote": "Reads take about 300 ns", "answer": False}})
-    profile, problems = validate_answer("pmem", answer, (DESCRIPTION, MACHINE), failing)
-    assert asked == ["The media wears out with writes."]  # only the yes is judged
+    profile, problems = validate_answer("pmem", answer, (DESCRIPTION, MACHINE), failing, find)
+    assert asked == ["the media wears out with writes"] * 2  # only the yes is judged, and again on a second look
     assert profile.frequency_dependent_latency is False
-    assert profile.wears_out is None and "check of its quote failed" in dict(problems)[WEAR_KEY]
+    assert profile.wears_out is None and "check of the quote 'The media" in dict(problems)[WEAR_KEY]
+    profile, problems = validate_answer("pmem", good_answer(**{WEAR_KEY: {"quote": "yes", "answer": True}}),
+                                        (DESCRIPTION, MACHINE), judge, lambda claim: None)
+    assert profile.wears_out is None and "a second look failed" in dict(problems)[WEAR_KEY]
 
 
 def test_each_yes_is_judged_once_through_the_client_and_cached(tmp_path: Path) -> None:
@@ -152,7 +176,7 @@ def test_each_yes_is_judged_once_through_the_client_and_cached(tmp_path: Path) -
     with FakeOpenAi(json.dumps(answer), states_claim=lambda question: "wears out" in question) as fake:
         first = profile_device(fake.client(), "pmem", DESCRIPTION, MACHINE, cache)
         again = profile_device(fake.client(), "pmem", DESCRIPTION, MACHINE, cache)
-    assert len(fake.judged) == 2 and len(fake.requests) == 1  # two yeses, asked once each
+    assert len(fake.judged) == 3 and len(fake.requests) == 1  # two yeses, one with a second look, once each
     judged = fake.judged[0]["messages"][1]["content"]
     assert "<<<BEGIN QUOTATION" in judged and CLAIMS[WEAR_KEY] in judged
     assert (first.profile.wears_out, first.profile.keeps_data_without_power) == (True, False)
