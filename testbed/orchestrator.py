@@ -30,7 +30,7 @@ from typing import Any
 
 from policies.base import Policy
 from testbed.channel.errors import GuestdFailure, GuestError
-from testbed.channel.replies import NodeInfo, ObserveReply, ResidencyQuery, RunExit
+from testbed.channel.replies import NodeInfo, ObserveReply, ResidencyQuery, RunExit, Settled
 from testbed.errors import ResultsUnwritable, UserError
 from testbed.experiment import Experiment
 from testbed.memtouch import (
@@ -203,21 +203,22 @@ class _Run:
                       if target - settled.free_after.get(node, target) >= START_SHORT_NOTE)
         # --linger: the workload's memory stays mapped after its last interval, for the last observation.
         # --barrier: it waits before epoch 0 and after each epoch but the last until released.
+        started = guest.vmstat().counters
         run = guest.run([MEMTOUCH, "--linger", *([BARRIER_FLAG] if self.barrier else []), "-"],
                         stdin=memtouch_input(experiment.workload),
                         memory=setup.memory, cpus=nodes[0].cpus)  # the score prices accesses from socket 0
         reader = OutputReader()
-        started = guest.vmstat().counters
 
         def why_it_ended() -> str:
             return _exit_text(run, guest, started)
         truth = _first_touch(run, reader, why_it_ended)
+        touched = {node.id: node.free_bytes for node in guest.nodes()}  # before anything else moves a page
         guest.watch(run.pid, experiment.damon)
         hinted = {hint.name for hint in _hints(experiment)}
         state = _RunState(run.pid, truth.regions, guest.vmstat().counters,
                           tuple(BufferRange(r.name, r.address, r.address + r.size) for r in truth.regions
                                 if r.name in hinted))
-        self.writer.write(self._start(repeat, state, setup, kernel, settled.held, notes))
+        self.writer.write(self._start(repeat, state, setup, kernel, settled, touched, notes))
         if setup.placement:  # an initial placement is held to the per-interval budget like every move
             _, observation = self._observe(state, 0, {})
             self._act(state, _placement_moves(setup.placement, state.layout), observation)
@@ -236,10 +237,11 @@ class _Run:
         if self.barrier:
             run.kill(RELEASE_SIGNAL)
 
-    def _start(self, repeat: int, state: _RunState, setup: Setup, kernel: dict[str, str], held: dict[int, int],
-               notes: tuple[str, ...]) -> RunStart:
+    def _start(self, repeat: int, state: _RunState, setup: Setup, kernel: dict[str, str], settled: Settled,
+               touched: dict[int, int], notes: tuple[str, ...]) -> RunStart:
         resident = self.guest.observe(state.pid, soft_dirty=False).resident_bytes
-        nodes = tuple(NodeState(n.id, n.total_bytes, n.free_bytes, resident.get(n.id, 0), held.get(n.id, 0))
+        nodes = tuple(NodeState(n.id, n.total_bytes, n.free_bytes, resident.get(n.id, 0), settled.held.get(n.id, 0),
+                                settled.free_after.get(n.id), touched.get(n.id))
                       for n in self.guest.nodes())
         return RunStart(policy=self.policy.name, kind=str(self.policy.kind), repeat=repeat,
                         interval_s=self.experiment.interval_s, page_size=PAGE_SIZE, regions=state.layout,

@@ -43,6 +43,10 @@ class NodeState:
     free_bytes: int
     workload_bytes: int  # the workload's resident bytes on the node
     held_bytes: int = 0  # what the guest daemon held so that the workload started with the run's free memory
+    # Free memory as the guest daemon left it for the workload, and once the workload had touched all its pages
+    # (before any policy moved one): where runs' starting placements differ, these say why. None: not recorded.
+    settled_free_bytes: int | None = None
+    touched_free_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,9 @@ def test_the_loop_records_ground_truth_residency_and_decisions(memtouch: Path, e
     # 2000 MiB of 2048 free, so 16 MiB were held; node 0 had 900 of 1024, none, and the run says so.
     assert [node.held_bytes for node in timeline.start.nodes] == [0, 2000 * MIB - (2048 * MIB - START_RESERVE)]
     assert timeline.start.nodes[1].free_bytes == 2048 * MIB - START_RESERVE
+    # Free memory as settled (node 0: its 900 MiB, nothing held) and after the first touch (12 MiB less there).
+    assert [node.settled_free_bytes for node in timeline.start.nodes] == [900 * MIB, 2048 * MIB - START_RESERVE]
+    assert [node.touched_free_bytes for node in timeline.start.nodes] == [888 * MIB, 2048 * MIB - START_RESERVE]
     assert timeline.start.notes == ("node 0 started 28 MiB short of its start free memory (928 MiB)",)
     assert timeline.start.kernel == {"numa_balancing": "0", "demotion_enabled": "true",
                                      "transparent_hugepage": "never", "zone_reclaim_mode": "0"}
