@@ -29,8 +29,8 @@ NEITHER = "neither"
 # What a quote must state for its answer to stand, judged by meaning as the profile's yes answers are
 # (policies.frontend.QuoteJudge).
 CLAIMS: Mapping[HeldData, str] = {
-    HeldData.SECRETS: "the buffer holds secrets: keys, credentials or private data that others must not read",
-    HeldData.DURABLE: "what the buffer holds must survive a crash or a loss of power",
+    HeldData.SECRETS: "the buffer holds keys, passwords, credentials or other private data",
+    HeldData.DURABLE: "the buffer holds data that must not be lost in a crash or a power failure",
 }
 REASONS: Mapping[HeldData, str] = {HeldData.SECRETS: "secrets: kept off memory others can read",
                                    HeldData.DURABLE: "durable data: kept on memory that survives power loss"}
