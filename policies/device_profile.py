@@ -325,8 +325,10 @@ def _suits(problems: list[Problem], value: object, evidence: _Evidence) -> froze
     if not isinstance(value, list):
         problems.append(Problem("suits", f"expected a list of {{quote, kind}}, got {_short(value)}"))
         return frozenset()
+    # An item quoting "not mentioned" says the text recommends nothing: no kind, and nothing wrong.
     return frozenset(kind for index, item in enumerate(value)
-                     if (kind := _checked(problems, f"suits[{index}]", evidence.suited_kind, item)) is not None)
+                     if not (isinstance(item, Mapping) and _normalised(str(item.get("quote"))) == NOT_MENTIONED)
+                     and (kind := _checked(problems, f"suits[{index}]", evidence.suited_kind, item)) is not None)
 
 
 def _normalised(text: str) -> str:

@@ -190,10 +190,11 @@ def test_a_boolean_of_the_wrong_type_is_dropped() -> None:
 
 def test_suits_need_a_real_quote_and_a_known_kind() -> None:
     suits = [{"kind": "cold", "quote": "hot_read_mostly"}, {"kind": "lukewarm", "quote": "cold data"},
-             {"kind": "hot_read_mostly", "quote": "read-mostly"}]
+             {"kind": "hot_read_mostly", "quote": "read-mostly"}, {"kind": "streaming", "quote": "Not mentioned."}]
     profile, problems = validate(good_answer(suits=suits))
     assert profile.suits == {DataKind.HOT_READ_MOSTLY}
     assert "not in the text" in problems["suits[0]"] and "unknown kind" in problems["suits[1]"]
+    assert "suits[3]" not in problems  # recommends nothing: not a problem
 
 
 def test_unexpected_fields_are_reported_and_ignored() -> None:
